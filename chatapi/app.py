@@ -1,0 +1,85 @@
+"""create_app(config): wires settings, database, routes and middlewares together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from . import chats, db, realtime, users
+from .auth import public
+from .config import Config
+from .hub import Hub
+from .keys import CONFIG, DB, HUB, SECRET, WRITER
+from .middlewares import auth_middleware, error_middleware
+from .writer import MessageWriter
+
+log = logging.getLogger(__name__)
+
+GOING_AWAY = 1001
+
+
+@public
+async def health(request: web.Request) -> web.Response:
+    try:
+        await db.ping(request.app[DB])
+    except Exception:
+        log.exception("health check: database does not answer")
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the database, start the background tasks; on the way out, stop and close."""
+    config = app[CONFIG]
+    database = await db.open_database(config.db_path)
+    # Nobody can be online before a socket opens: a crash must not leave ghosts.
+    await db.set_everybody_offline(database)
+    secret = config.secret or await db.get_or_create_secret(database, secrets.token_hex(32))
+    app[SECRET] = secret.encode()
+    app[DB] = database
+    hub = app[HUB] = Hub(config.presence_interval)
+    writer = app[WRITER] = MessageWriter(database, hub)
+    await users.in_executor(users.dummy_hash, config.bcrypt_rounds)
+    tasks = [asyncio.create_task(writer.run()), asyncio.create_task(hub.run_presence())]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await db.set_everybody_offline(database)
+    await database.close()
+
+
+async def close_sockets(app: web.Application) -> None:
+    if HUB in app:
+        await app[HUB].close_all(GOING_AWAY, "server shutting down")
+
+
+def create_app(config: Config | None = None) -> web.Application:
+    """The ChatAPI application for `config` (defaults when None)."""
+    config = config or Config()
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(database_ctx)
+    app.on_shutdown.append(close_sockets)
+    app.router.add_post("/auth/reg", users.register)
+    app.router.add_post("/auth/login", users.login)
+    app.router.add_post("/auth/logout", users.logout)
+    app.router.add_get("/users/me", users.me)
+    app.router.add_get("/users/", users.list_users)
+    app.router.add_get("/users", users.list_users)
+    app.router.add_post("/chats/create", chats.create_chat)
+    app.router.add_get("/chats/", chats.list_chats)
+    app.router.add_get("/chats", chats.list_chats)
+    app.router.add_get("/chats/messages", chats.chat_messages)
+    app.router.add_get("/chats/ws", realtime.chat_socket)
+    app.router.add_get("/health", health)
+    return app

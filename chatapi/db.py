@@ -1,0 +1,299 @@
+"""Every SQL statement of ChatAPI, as small async functions over a Database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAX_ID = 2**63 - 1
+
+
+class NotFound(Exception):
+    """The row the caller named does not exist."""
+
+
+class Conflict(Exception):
+    """A unique value is already taken; `field` names it."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} already taken")
+        self.field = field
+
+
+class Database:
+    """A write connection guarded by a lock, and a read connection.
+
+    With WAL, the reader sees only committed rows, so a history read never
+    shows a message that is still inside the writer's open transaction.
+    """
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.writer = writer
+        self.reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time: commit on success, roll back on error."""
+        async with self._write_lock:
+            try:
+                yield self.writer
+            except BaseException:
+                await self.writer.rollback()
+                raise
+            await self.writer.commit()
+
+    async def close(self) -> None:
+        if self.reader is not self.writer:
+            await self.reader.close()
+        await self.writer.close()
+
+
+def schema_sql() -> str:
+    return resources.files("chatapi").joinpath("schema.sql").read_text("utf-8")
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path)
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    # FULL: an acknowledged message survives power loss, not only a crash.
+    await conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+async def open_database(path: str) -> Database:
+    """Open (creating if needed) the database file and apply schema.sql."""
+    writer = await _connect(path)
+    try:
+        await writer.execute("PRAGMA journal_mode = WAL")
+        async with writer.execute("PRAGMA user_version") as cursor:
+            (version,) = await cursor.fetchone()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+            )
+        await writer.executescript(schema_sql())
+        await writer.commit()
+        # An in-memory database exists only on its one connection.
+        reader = writer if path == ":memory:" else await _connect(path)
+    except BaseException:
+        await writer.close()
+        raise
+    return Database(writer, reader)
+
+
+async def ping(db: Database) -> None:
+    async with db.reader.execute("SELECT 1") as cursor:
+        await cursor.fetchone()
+
+
+async def get_or_create_secret(db: Database, candidate: str) -> str:
+    """The stored token secret; `candidate` becomes it if none is stored yet."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            """INSERT OR IGNORE INTO settings (key, value) VALUES ('token_secret', ?)""",
+            (candidate,),
+        )
+        async with conn.execute(
+            """SELECT value FROM settings WHERE key = 'token_secret'"""
+        ) as cursor:
+            (secret,) = await cursor.fetchone()
+    return secret
+
+
+# Users
+
+_USER_COLUMNS = "id, email, username, password_hash, token_version, is_online, created_at"
+
+
+async def create_user(
+    db: Database, email: str, username: str, password_hash: str
+) -> dict[str, Any]:
+    """Insert a user; Conflict('email') or Conflict('username') when taken."""
+    try:
+        async with db.transaction() as conn:
+            async with conn.execute(
+                f"""INSERT INTO users (email, username, username_key, password_hash)
+                    VALUES (?, ?, ?, ?)
+                    RETURNING {_USER_COLUMNS}""",
+                (email, username, username.casefold(), password_hash),
+            ) as cursor:
+                row = await cursor.fetchone()
+    except sqlite3.IntegrityError as exc:
+        raise Conflict("email" if "users.email" in str(exc) else "username") from None
+    return dict(row)
+
+
+async def user_by_email(db: Database, email: str) -> dict[str, Any] | None:
+    async with db.reader.execute(
+        f"""SELECT {_USER_COLUMNS} FROM users WHERE email = ?""", (email,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return dict(row) if row else None
+
+
+async def user_by_id(db: Database, user_id: int) -> dict[str, Any] | None:
+    async with db.reader.execute(
+        f"""SELECT {_USER_COLUMNS} FROM users WHERE id = ?""", (user_id,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return dict(row) if row else None
+
+
+async def list_users(db: Database) -> list[dict[str, Any]]:
+    async with db.reader.execute(
+        f"""SELECT {_USER_COLUMNS} FROM users ORDER BY id"""
+    ) as cursor:
+        return [dict(row) for row in await cursor.fetchall()]
+
+
+async def revoke_tokens(db: Database, user_id: int) -> None:
+    """Bump the user's token version: every token issued before is refused."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            """UPDATE users SET token_version = token_version + 1 WHERE id = ?""",
+            (user_id,),
+        )
+
+
+async def set_online(db: Database, user_id: int, online: bool) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            """UPDATE users SET is_online = ? WHERE id = ?""", (int(online), user_id)
+        )
+
+
+async def set_everybody_offline(db: Database) -> None:
+    async with db.transaction() as conn:
+        await conn.execute("""UPDATE users SET is_online = 0 WHERE is_online != 0""")
+
+
+# Chats
+
+
+async def create_chat(db: Database, name: str, owner_id: int) -> dict[str, Any]:
+    async with db.transaction() as conn:
+        async with conn.execute(
+            """INSERT INTO chats (name, owner_id) VALUES (?, ?)
+               RETURNING id, name, owner_id, created_at""",
+            (name, owner_id),
+        ) as cursor:
+            return dict(await cursor.fetchone())
+
+
+async def list_chats(db: Database) -> list[dict[str, Any]]:
+    async with db.reader.execute(
+        """SELECT id, name, owner_id, created_at FROM chats ORDER BY id"""
+    ) as cursor:
+        return [dict(row) for row in await cursor.fetchall()]
+
+
+async def chat_exists(db: Database, chat_id: int) -> bool:
+    async with db.reader.execute("""SELECT 1 FROM chats WHERE id = ?""", (chat_id,)) as cursor:
+        return await cursor.fetchone() is not None
+
+
+# Messages
+
+_MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
+
+
+async def chat_messages(
+    db: Database,
+    chat_id: int,
+    *,
+    limit: int | None = None,
+    before: int | None = None,
+    after: int | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Messages of a chat, oldest first, streamed from the database.
+
+    `limit` without `after` means the newest `limit` (below `before` if given);
+    with `after`, the oldest `limit` above it.
+    """
+    params = {
+        "chat": chat_id,
+        "after": 0 if after is None else after,
+        "before": MAX_ID if before is None else before,
+        "limit": -1 if limit is None else limit,
+    }
+    if limit is not None and after is None:
+        sql = f"""SELECT * FROM (
+                      SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                      WHERE m.chat_id = :chat AND m.id > :after AND m.id < :before
+                      ORDER BY m.id DESC LIMIT :limit)
+                  ORDER BY id"""
+    else:
+        sql = f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                  WHERE m.chat_id = :chat AND m.id > :after AND m.id < :before
+                  ORDER BY m.id LIMIT :limit"""
+    async with db.reader.execute(sql, params) as cursor:
+        cursor.arraysize = 500
+        async for row in cursor:
+            yield dict(row)
+
+
+@dataclass
+class Draft:
+    """A message waiting to be stored."""
+
+    chat_id: int
+    owner_id: int
+    username: str
+    text: str
+    nonce: str | None = None
+
+
+@dataclass
+class Stored:
+    """The outcome of one draft: the message, or why it was not stored."""
+
+    message: dict[str, Any] | None
+    is_new: bool = False
+    error: str | None = None
+
+
+async def insert_messages(db: Database, drafts: Sequence[Draft]) -> list[Stored]:
+    """Store drafts in one transaction (one fsync for the lot), in order.
+
+    A draft whose nonce its owner already used is not stored again: its
+    result is the original message with is_new False.
+    """
+    results = []
+    async with db.transaction() as conn:
+        for draft in drafts:
+            try:
+                async with conn.execute(
+                    """INSERT INTO messages (chat_id, owner_id, text, nonce)
+                       VALUES (?, ?, ?, ?)
+                       ON CONFLICT DO NOTHING
+                       RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                    (draft.chat_id, draft.owner_id, draft.text, draft.nonce),
+                ) as cursor:
+                    row = await cursor.fetchone()
+            except sqlite3.IntegrityError:
+                results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
+                continue
+            if row is not None:
+                results.append(Stored({**dict(row), "username": draft.username}, is_new=True))
+                continue
+            async with conn.execute(
+                f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                    WHERE m.owner_id = ? AND m.nonce = ?""",
+                (draft.owner_id, draft.nonce),
+            ) as cursor:
+                results.append(Stored(dict(await cursor.fetchone())))
+    return results

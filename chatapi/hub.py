@@ -1,0 +1,242 @@
+"""Live fan-out: open sockets, their subscriptions, and presence.
+
+`Hub.publish` is the seam for running several processes later: there it would
+go through the database's notifications; each process would still deliver to
+its own sockets exactly as `_fan_out` does here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take before the connection is cut
+MESSAGE_FIELDS = ("id", "chat_id", "owner_id", "username", "text", "created_at")
+
+
+def message_frame(message: dict[str, Any]) -> str:
+    frame = {"type": "message", **{field: message[field] for field in MESSAGE_FIELDS}}
+    if message.get("nonce") is not None:
+        frame["nonce"] = message["nonce"]
+    return json.dumps(frame, ensure_ascii=False)
+
+
+def error_frame(error: str, **extra: Any) -> str:
+    return json.dumps({"type": "error", "error": error, **extra}, ensure_ascii=False)
+
+
+class Connection:
+    """One open websocket: its user, its subscriptions and its bounded outbox.
+
+    Only `pump` writes to the socket, so a slow peer stalls nothing but its own
+    pump; once `limit` frames are waiting, the socket is dropped.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        user: dict[str, Any],
+        limit: int,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.user_id: int = user["id"]
+        self.username: str = user["username"]
+        # chat id -> None when live, or the (message id, frame) buffered during a catch-up
+        self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
+        self.dropped = False
+        self._limit = limit
+        self._frames: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._pump: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._pump = asyncio.create_task(self.pump())
+
+    def send(self, frame: str) -> None:
+        """Queue a frame without waiting; a full outbox drops the socket (1008)."""
+        if self.dropped:
+            return
+        if len(self._frames) >= self._limit:
+            log.info("dropping socket of user %d: %d frames unsent", self.user_id, self._limit)
+            self.close(1008, "too slow: outgoing frames piled up")
+            return
+        self._frames.append(frame)
+        self._ready.set()
+        if len(self._frames) >= self._limit // 2:
+            self._room.clear()
+
+    async def send_paced(self, frame: str) -> None:
+        """Queue a frame, first waiting while the outbox is half full (bulk replays)."""
+        await self._room.wait()
+        self.send(frame)
+
+    def deliver(self, chat_id: int, message_id: int, frame: str) -> None:
+        buffer = self.subscriptions.get(chat_id)
+        if buffer is None:
+            self.send(frame)
+        elif len(buffer) >= self._limit:
+            self.close(1008, "too slow: could not catch up")
+        else:
+            buffer.append((message_id, frame))
+
+    def go_live(self, chat_id: int) -> list[tuple[int, str]]:
+        """End a catch-up: return what was buffered; later messages are sent directly."""
+        buffered = self.subscriptions.get(chat_id) or []
+        self.subscriptions[chat_id] = None
+        return buffered
+
+    async def pump(self) -> None:
+        """The one writer of this socket."""
+        try:
+            while True:
+                while not self._frames:
+                    self._ready.clear()
+                    await self._ready.wait()
+                frame = self._frames.popleft()
+                if len(self._frames) < self._limit // 2:
+                    self._room.set()
+                await self.ws.send_str(frame)
+        except (ConnectionError, RuntimeError):
+            pass  # the socket is closing; the handler cleans up
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket with `code` (once); cut it if the peer does not answer."""
+        if self._closing is None:
+            self.dropped = True
+            self._room.set()  # release a paced sender
+            self._closing = asyncio.create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            # A peer that stopped reading never answers the close: cut it.
+            if self.transport is not None:
+                self.transport.abort()
+
+    async def closed(self) -> None:
+        """Wait until a close started by `close` has finished."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+
+
+class Hub:
+    """Who listens to which chat, who is online, and the fan-out between them."""
+
+    def __init__(self, presence_interval: float = 1.0) -> None:
+        self.connections: set[Connection] = set()
+        self._by_user: dict[int, set[Connection]] = {}
+        self._subscribers: dict[int, set[Connection]] = {}
+        self._presence_interval = presence_interval
+        self._presence_changes: dict[int, dict[str, Any]] = {}
+
+    # Sockets and presence
+
+    def connect(self, conn: Connection) -> bool:
+        """Register a socket; True when its user just came online."""
+        self.connections.add(conn)
+        sockets = self._by_user.setdefault(conn.user_id, set())
+        sockets.add(conn)
+        if len(sockets) == 1:
+            self._note_presence(conn, True)
+            return True
+        return False
+
+    def disconnect(self, conn: Connection) -> bool:
+        """Forget a socket and its subscriptions; True when its user just went offline."""
+        self.connections.discard(conn)
+        for chat_id in list(conn.subscriptions):
+            self.unsubscribe(chat_id, conn)
+        sockets = self._by_user.get(conn.user_id, set())
+        sockets.discard(conn)
+        if not sockets:
+            self._by_user.pop(conn.user_id, None)
+            self._note_presence(conn, False)
+            return True
+        return False
+
+    def is_online(self, user_id: int) -> bool:
+        return user_id in self._by_user
+
+    def _note_presence(self, conn: Connection, online: bool) -> None:
+        # The latest state wins: a user who flaps within one interval is listed once.
+        self._presence_changes[conn.user_id] = {
+            "user_id": conn.user_id,
+            "username": conn.username,
+            "is_online": online,
+        }
+
+    async def run_presence(self) -> None:
+        """Send the batched presence changes: at most one frame per interval per socket."""
+        while True:
+            await asyncio.sleep(self._presence_interval)
+            self.flush_presence()
+
+    def flush_presence(self) -> None:
+        if not self._presence_changes:
+            return
+        users = list(self._presence_changes.values())
+        self._presence_changes.clear()
+        frame = json.dumps({"type": "presence", "users": users}, ensure_ascii=False)
+        for conn in self.connections:
+            conn.send(frame)
+
+    # Subscriptions and fan-out
+
+    def subscribe(self, chat_id: int, conn: Connection, catch_up: bool = False) -> None:
+        """Subscribe a socket; with catch_up, live messages are buffered until go_live."""
+        self._subscribers.setdefault(chat_id, set()).add(conn)
+        if catch_up:
+            conn.subscriptions[chat_id] = []
+        elif chat_id not in conn.subscriptions:
+            conn.subscriptions[chat_id] = None
+
+    def unsubscribe(self, chat_id: int, conn: Connection) -> None:
+        conn.subscriptions.pop(chat_id, None)
+        subscribers = self._subscribers.get(chat_id)
+        if subscribers is not None:
+            subscribers.discard(conn)
+            if not subscribers:
+                del self._subscribers[chat_id]
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Fan a committed message out to the subscribers of its chat."""
+        self._fan_out(message["chat_id"], message["id"], message_frame(message))
+
+    def _fan_out(self, chat_id: int, message_id: int, frame: str) -> None:
+        for conn in self._subscribers.get(chat_id, ()):
+            conn.deliver(chat_id, message_id, frame)
+
+    # Closing
+
+    async def disconnect_user(self, user_id: int, code: int, reason: str) -> None:
+        """Close every socket of one user (logout)."""
+        sockets = list(self._by_user.get(user_id, ()))
+        for conn in sockets:
+            conn.close(code, reason)
+        await asyncio.gather(*(conn.closed() for conn in sockets))
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every socket (server shutdown)."""
+        sockets = list(self.connections)
+        for conn in sockets:
+            conn.close(code, reason)
+        await asyncio.gather(*(conn.closed() for conn in sockets))

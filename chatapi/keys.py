@@ -1,0 +1,16 @@
+"""Every typed key of the application's state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import Config
+from .db import Database
+from .hub import Hub
+from .writer import MessageWriter
+
+CONFIG = web.AppKey("config", Config)
+DB = web.AppKey("db", Database)
+SECRET = web.AppKey("secret", bytes)
+HUB = web.AppKey("hub", Hub)
+WRITER = web.AppKey("writer", MessageWriter)

@@ -1,0 +1,83 @@
+"""One error shape for every failure, and authentication of private routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from . import db
+from .auth import USER, authenticate, bearer_token
+from .validation import ApiError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_HTTP_MESSAGES = {
+    404: "not found",
+    405: "method not allowed",
+    413: "request body too large",
+}
+
+
+def error_response(
+    status: int, body: dict, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes {"error": ...}; unknown exceptions are logged and become 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.body(), exc.headers)
+    except db.NotFound as exc:
+        return error_response(404, {"error": str(exc) or "not found"})
+    except db.Conflict as exc:
+        message = f"{exc.field} already taken"
+        return error_response(409, {"error": message, "details": {exc.field: "already taken"}})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = _HTTP_MESSAGES.get(exc.status, exc.reason.lower())
+        if exc.status == 413:
+            message = f"request body too large (at most {request.client_max_size} bytes)"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, {"error": message}, headers)
+    except Exception:
+        # The path only: the query string may carry a token.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, {"error": "internal error"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Private routes need a valid bearer token; the user lands in request[USER]."""
+    if request.match_info.http_exception is None and not getattr(handler, "public", False):
+        request[USER] = await authenticate(request.app, bearer_token(request))
+    return await handler(request)
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """Access lines without credentials: a `token` query parameter is replaced."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        url = request.rel_url
+        if "token" in url.query:
+            url = url.update_query(token="REDACTED")
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %s %.6f',
+            request.remote,
+            request.method,
+            url,
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time,
+        )

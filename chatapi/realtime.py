@@ -1,0 +1,163 @@
+"""The websocket endpoint: posting, joining (with catch-up) and leaving chats."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from . import db
+from .auth import authenticate, bearer_token, public
+from .hub import Connection, error_frame, message_frame
+from .keys import CONFIG, DB, HUB, WRITER
+from .validation import ApiError, is_int
+
+log = logging.getLogger(__name__)
+
+MAX_NONCE = 64
+
+
+class FrameError(Exception):
+    """A frame the server cannot accept; answered with an error frame."""
+
+
+def check_origin(request: web.Request) -> None:
+    """Refuse cross-site handshakes (a browser always sends Origin; other clients need not)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    if origin in request.app[CONFIG].allowed_origins:
+        return
+    if urlsplit(origin).netloc.lower() != request.host.lower():
+        raise ApiError(403, "websocket origin not allowed")
+
+
+@public  # authenticated here: the token may come in the query string
+async def chat_socket(request: web.Request) -> web.WebSocketResponse:
+    check_origin(request)
+    user = await authenticate(request.app, request.query.get("token") or bearer_token(request))
+    config = request.app[CONFIG]
+    ws = web.WebSocketResponse(
+        heartbeat=config.heartbeat, max_msg_size=config.max_frame, compress=False
+    )
+    await ws.prepare(request)
+
+    hub = request.app[HUB]
+    conn = Connection(ws, request.transport, user, config.outbox_limit)
+    conn.start()
+    if hub.connect(conn):
+        await db.set_online(request.app[DB], conn.user_id, True)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await handle_frame(request.app, conn, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                conn.send(error_frame("binary frames are not supported: send JSON text frames"))
+    finally:
+        conn.stop()
+        if hub.disconnect(conn):
+            try:
+                await db.set_online(request.app[DB], conn.user_id, False)
+            except Exception:
+                # The database may already be closing (shutdown marks everybody offline).
+                log.warning("could not mark user %d offline", conn.user_id)
+    return ws
+
+
+async def handle_frame(app: web.Application, conn: Connection, data: str) -> None:
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        conn.send(error_frame("frame is not valid JSON"))
+        return
+    if not isinstance(frame, dict):
+        conn.send(error_frame("frame must be a JSON object"))
+        return
+    kind = frame.get("type", "message")
+    try:
+        if kind == "message":
+            await post_message(app, conn, frame)
+        elif kind == "join":
+            await join(app, conn, frame)
+        elif kind == "leave":
+            leave(app, conn, frame)
+        else:
+            raise FrameError(
+                "unknown frame type: expected 'message', 'join' or 'leave'"
+            )
+    except FrameError as exc:
+        extra = {"nonce": frame["nonce"]} if isinstance(frame.get("nonce"), str) else {}
+        conn.send(error_frame(str(exc), **extra))
+
+
+def chat_id_of(frame: dict[str, Any]) -> int:
+    chat_id = frame.get("chat_id")
+    if chat_id is None:
+        raise FrameError("chat_id is required")
+    if not is_int(chat_id) or not 1 <= chat_id <= db.MAX_ID:
+        raise FrameError("chat_id must be a positive integer")
+    return chat_id
+
+
+async def post_message(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
+    chat_id = chat_id_of(frame)
+    text = frame.get("text")
+    max_text = app[CONFIG].max_text
+    if not isinstance(text, str):
+        raise FrameError("text is required and must be a string")
+    if not text.strip():
+        raise FrameError("text must not be empty or only white space")
+    if len(text) > max_text:
+        raise FrameError(f"text must be at most {max_text} characters")
+    nonce = frame.get("nonce")
+    if nonce is not None and not (isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE):
+        raise FrameError(f"nonce must be a string of 1 to {MAX_NONCE} characters")
+
+    # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
+    was_subscribed = chat_id in conn.subscriptions
+    app[HUB].subscribe(chat_id, conn)
+    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce)
+    stored = await app[WRITER].post(draft)
+    if stored.error:
+        if not was_subscribed:
+            app[HUB].unsubscribe(chat_id, conn)
+        raise FrameError(stored.error)
+    if not stored.is_new:
+        # A repeated nonce: the original goes back to this socket only.
+        conn.send(message_frame(stored.message))
+
+
+async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
+    chat_id = chat_id_of(frame)
+    since = frame.get("since")
+    if since is not None and not (is_int(since) and 0 <= since <= db.MAX_ID):
+        raise FrameError("since must be a message id (an integer of 0 or more)")
+    if not await db.chat_exists(app[DB], chat_id):
+        raise FrameError(f"chat {chat_id} does not exist")
+    hub = app[HUB]
+    if since is None:
+        hub.subscribe(chat_id, conn)
+    else:
+        # Subscribe (buffering) before reading: every message committed after the
+        # read's snapshot is published after this point, so it lands in the
+        # buffer; one in both the read and the buffer is dropped by its id.
+        hub.subscribe(chat_id, conn, catch_up=True)
+        last_sent = since
+        async for message in db.chat_messages(app[DB], chat_id, after=since):
+            await conn.send_paced(message_frame(message))
+            if conn.dropped:
+                return
+            last_sent = message["id"]
+        for message_id, buffered in conn.go_live(chat_id):
+            if message_id > last_sent:
+                conn.send(buffered)
+    conn.send(json.dumps({"type": "joined", "chat_id": chat_id}))
+
+
+def leave(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
+    chat_id = chat_id_of(frame)
+    app[HUB].unsubscribe(chat_id, conn)
+    conn.send(json.dumps({"type": "left", "chat_id": chat_id}))

@@ -1,0 +1,103 @@
+"""Accounts: registration, login, logout, and who is who."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from typing import Any
+
+from aiohttp import web
+
+from . import db, security
+from .auth import USER, public
+from .keys import CONFIG, DB, HUB, SECRET
+from .validation import ApiError, has_control_characters, invalid, json_object, string_field
+
+# Deliberately loose: one @, something on both sides, a dot in the domain, no spaces.
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+@functools.cache
+def dummy_hash(rounds: int) -> str:
+    """Checked when the email is unknown, so that a miss costs as much as a wrong password."""
+    return security.hash_password("not a real password", rounds)
+
+
+def user_json(user: dict[str, Any], expose_hash: bool = False) -> dict[str, Any]:
+    body = {
+        "id": user["id"],
+        "email": user["email"],
+        "username": user["username"],
+        "is_online": bool(user["is_online"]),
+    }
+    if expose_hash:
+        body["password"] = user["password_hash"]
+    return body
+
+
+async def in_executor(func: Any, *args: Any) -> Any:
+    """Run CPU-heavy work (bcrypt) off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+def auth_json(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
+    config = request.app[CONFIG]
+    token = security.issue_token(
+        user["id"], user["token_version"], request.app[SECRET], config.token_ttl
+    )
+    return {"token": token, "username": user["username"], "id": user["id"]}
+
+
+def email_field(body: dict[str, Any]) -> str:
+    email = string_field(body, "email", max_len=254, strip=True)
+    if not EMAIL.fullmatch(email):
+        raise invalid("email", "must be a valid email address")
+    return email.lower()
+
+
+@public
+async def register(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    email = email_field(body)
+    username = string_field(body, "username", min_len=3, max_len=50, strip=True)
+    if has_control_characters(username):
+        raise invalid("username", "must not contain control characters")
+    password = string_field(body, "password", min_len=8, max_len=128)
+    rounds = request.app[CONFIG].bcrypt_rounds
+    password_hash = await in_executor(security.hash_password, password, rounds)
+    user = await db.create_user(request.app[DB], email, username, password_hash)
+    return web.json_response(auth_json(request, user), status=201)
+
+
+@public
+async def login(request: web.Request) -> web.Response:
+    body = await json_object(request)
+    email = string_field(body, "email", max_len=254, strip=True).lower()
+    password = string_field(body, "password", max_len=128)
+    user = await db.user_by_email(request.app[DB], email)
+    if user is None:
+        password_hash = await in_executor(dummy_hash, request.app[CONFIG].bcrypt_rounds)
+    else:
+        password_hash = user["password_hash"]
+    matches = await in_executor(security.check_password, password, password_hash)
+    if user is None or not matches:
+        raise ApiError(401, "wrong email or password")
+    return web.json_response(auth_json(request, user))
+
+
+async def logout(request: web.Request) -> web.Response:
+    user = request[USER]
+    await db.revoke_tokens(request.app[DB], user["id"])
+    await request.app[HUB].disconnect_user(user["id"], code=4001, reason="logged out")
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    return web.json_response(user_json(request[USER], request.app[CONFIG].expose_password_hash))
+
+
+async def list_users(request: web.Request) -> web.Response:
+    expose = request.app[CONFIG].expose_password_hash
+    users = await db.list_users(request.app[DB])
+    return web.json_response([user_json(user, expose) for user in users])

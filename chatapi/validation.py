@@ -1,0 +1,106 @@
+"""Reading and checking client input; failures become ApiError with a clear message."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+from aiohttp import web
+
+
+class ApiError(Exception):
+    """An error answered as {"error": message, "details"?: {...}} with `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        details: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def invalid(field: str, reason: str) -> ApiError:
+    """A 400 naming one field."""
+    return ApiError(400, f"{field}: {reason}", {field: reason})
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 (413 when over the size limit)."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def has_control_characters(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def string_field(
+    body: dict[str, Any],
+    field: str,
+    *,
+    min_len: int = 1,
+    max_len: int,
+    strip: bool = False,
+) -> str:
+    """body[field] as a str of min_len..max_len characters (after stripping if asked)."""
+    if field not in body:
+        raise invalid(field, "is required")
+    value = body[field]
+    if not isinstance(value, str):
+        raise invalid(field, "must be a string")
+    if strip:
+        value = value.strip()
+    if len(value) < min_len:
+        reason = "must not be empty" if min_len == 1 else f"must be at least {min_len} characters"
+        raise invalid(field, reason)
+    if len(value) > max_len:
+        raise invalid(field, f"must be at most {max_len} characters")
+    return value
+
+
+def int_query(
+    request: web.Request,
+    name: str,
+    *,
+    required: bool = False,
+    min_value: int = 1,
+    max_value: int = 2**63 - 1,
+) -> int | None:
+    """Query parameter `name` as an int in range, None when absent and optional; else 400."""
+    raw = request.query.get(name)
+    if raw is None:
+        if required:
+            raise invalid(name, "query parameter is required")
+        return None
+    # int() would also take " 5", "5_0" and non-ASCII digits.
+    if not re.fullmatch(r"-?[0-9]{1,19}", raw):
+        raise invalid(name, "must be an integer")
+    value = int(raw)
+    if not min_value <= value <= max_value:
+        raise invalid(name, f"must be between {min_value} and {max_value}")
+    return value
+
+
+def is_int(value: Any) -> bool:
+    """A JSON integer (true and false are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,108 @@
+"""Fixtures: a real server on a real socket, over a SQLite file in tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from chatapi import Config, create_app
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    # Low bcrypt cost keeps the suite fast; the default (12) has its own test.
+    # Presence frames are off unless a test asks (they would interleave).
+    return Config(
+        db_path=str(tmp_path / "chat.db"),
+        bcrypt_rounds=4,
+        heartbeat=5.0,
+        presence_interval=3600.0,
+    )
+
+
+@pytest.fixture
+def app(config):
+    return create_app(config)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app) -> TestClient:
+    return await aiohttp_client(app)
+
+
+class User(dict):
+    """A registered user: id, username, token, email, password, and auth headers."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self['token']}"}
+
+
+Register = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+def register() -> Register:
+    """register(client, name=None) -> User, through the real /auth/reg route."""
+
+    async def register(client: TestClient, name: str | None = None) -> User:
+        name = name or f"user{next(_counter)}"
+        body = {"email": f"{name}@example.com", "username": name, "password": "password-" + name}
+        resp = await client.post("/auth/reg", json=body)
+        assert resp.status == 201, await resp.text()
+        data = await resp.json()
+        return User(data, email=body["email"], password=body["password"])
+
+    return register
+
+
+async def create_chat(client: TestClient, user: User, name: str = "general") -> int:
+    resp = await client.post("/chats/create", json={"name": name}, headers=user.headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def connect(client: TestClient, user: User, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+    return await client.ws_connect("/chats/ws", params={"token": user["token"]}, **kwargs)
+
+
+async def next_frame(
+    ws: aiohttp.ClientWebSocketResponse, kind: str | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
+    """The next frame (of type `kind` if given, skipping presence frames otherwise)."""
+    while True:
+        msg = await ws.receive(timeout=timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg}"
+        frame = json.loads(msg.data)
+        if kind is not None and frame["type"] == kind:
+            return frame
+        if kind is None and frame["type"] != "presence":
+            return frame
+
+
+async def no_frame(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.3) -> None:
+    """Assert that no frame other than presence arrives within `wait` seconds."""
+    try:
+        frame = await next_frame(ws, timeout=wait)
+    except asyncio.TimeoutError:
+        return
+    raise AssertionError(f"unexpected frame {frame}")
+
+
+async def assert_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
+    """The response is `status` with the one error shape; returns the body."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    assert set(body) <= {"error", "details"}
+    return body
