@@ -17,7 +17,7 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take before the connection is cut
+CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the connection is cut
 MESSAGE_FIELDS = ("id", "chat_id", "owner_id", "username", "text", "created_at")
 
 
@@ -104,6 +104,8 @@ class Connection:
                 while not self._frames:
                     self._ready.clear()
                     await self._ready.wait()
+                if self.dropped:
+                    return
                 frame = self._frames.popleft()
                 if len(self._frames) < self._limit // 2:
                     self._room.set()
@@ -119,11 +121,12 @@ class Connection:
             self._closing = asyncio.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
+        # The pump is not cancelled here: a task cancelled while waiting for the
+        # transport to drain cancels the drain future it shares with close().
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code=code, message=reason.encode())
+        except (TimeoutError, ConnectionError, RuntimeError):
             # A peer that stopped reading never answers the close: cut it.
             if self.transport is not None:
                 self.transport.abort()
@@ -131,7 +134,7 @@ class Connection:
     async def closed(self) -> None:
         """Wait until a close started by `close` has finished."""
         if self._closing is not None:
-            await asyncio.shield(self._closing)
+            await asyncio.wait([self._closing])
 
     def stop(self) -> None:
         if self._pump is not None:

@@ -1,0 +1,252 @@
+"""The websocket: posting, subscriptions, bad frames, limits, ordering, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import aiohttp
+import pytest
+from conftest import connect, create_chat, next_frame, no_frame
+
+from chatapi import create_app
+from chatapi.keys import HUB
+
+
+async def test_two_users_see_each_others_messages(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws_a, ws_b = await connect(client, alice), await connect(client, bob)
+    await ws_b.send_json({"type": "join", "chat_id": chat})
+    assert await next_frame(ws_b) == {"type": "joined", "chat_id": chat}
+
+    await ws_a.send_json({"text": "hi bob", "chat_id": chat})
+    ack = await next_frame(ws_a)
+    got = await next_frame(ws_b)
+    assert ack == got
+    assert got["type"] == "message" and got["text"] == "hi bob"
+    assert got["username"] == "alice" and got["owner_id"] == alice["id"]
+    assert got["chat_id"] == chat and isinstance(got["id"], int)
+    assert got["created_at"].endswith("Z")
+
+    await ws_b.send_json({"text": "hi alice", "chat_id": chat})
+    assert (await next_frame(ws_a))["text"] == "hi alice"
+
+
+async def test_base_client_frame_with_type_message(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_json({"type": "message", "text": "typed", "chat_id": chat})
+    assert (await next_frame(ws))["text"] == "typed"
+
+
+async def test_a_user_who_has_not_joined_receives_nothing(client, register):
+    alice, carol = await register(client, "alice"), await register(client, "carol")
+    chat = await create_chat(client, alice)
+    ws_a, ws_c = await connect(client, alice), await connect(client, carol)
+    await ws_a.send_json({"text": "private", "chat_id": chat})
+    await next_frame(ws_a)
+    await no_frame(ws_c)
+
+
+async def test_leave_stops_delivery(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws_a, ws_b = await connect(client, alice), await connect(client, bob)
+    await ws_b.send_json({"type": "join", "chat_id": chat})
+    await next_frame(ws_b, "joined")
+    await ws_b.send_json({"type": "leave", "chat_id": chat})
+    assert await next_frame(ws_b) == {"type": "left", "chat_id": chat}
+    await ws_a.send_json({"text": "after leave", "chat_id": chat})
+    await next_frame(ws_a)
+    await no_frame(ws_b)
+
+
+async def test_subscriptions_belong_to_the_socket(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws_b1, ws_b2 = await connect(client, bob), await connect(client, bob)
+    await ws_b1.send_json({"type": "join", "chat_id": chat})
+    await next_frame(ws_b1, "joined")
+    ws_a = await connect(client, alice)
+    await ws_a.send_json({"text": "to one socket", "chat_id": chat})
+    assert (await next_frame(ws_b1))["text"] == "to one socket"
+    await no_frame(ws_b2)
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ("not json", "JSON"),
+        ("[1, 2]", "object"),
+        ('"text"', "object"),
+        ('{"type": "dance", "chat_id": 1}', "unknown frame type"),
+        ('{"text": "no chat"}', "chat_id"),
+        ('{"text": "x", "chat_id": "1"}', "chat_id"),
+        ('{"text": "x", "chat_id": true}', "chat_id"),
+        ('{"text": "x", "chat_id": -1}', "chat_id"),
+        ('{"text": "x", "chat_id": 1e400}', "chat_id"),
+        ('{"text": "x", "chat_id": 123456789012345678901234567890}', "chat_id"),
+        ('{"chat_id": CHAT}', "text"),
+        ('{"text": 5, "chat_id": CHAT}', "text"),
+        ('{"text": "", "chat_id": CHAT}', "text"),
+        ('{"text": "  \\n\\t ", "chat_id": CHAT}', "white space"),
+        ('{"text": "TOO_LONG", "chat_id": CHAT}', "5000"),
+        ('{"text": "x", "chat_id": CHAT, "nonce": ""}', "nonce"),
+        ('{"text": "x", "chat_id": CHAT, "nonce": 7}', "nonce"),
+        ('{"text": "x", "chat_id": 424242}', "does not exist"),
+        ('{"type": "join", "chat_id": 424242}', "does not exist"),
+        ('{"type": "join"}', "chat_id"),
+        ('{"type": "join", "chat_id": CHAT, "since": -1}', "since"),
+        ('{"type": "join", "chat_id": CHAT, "since": "5"}', "since"),
+        ('{"type": "leave", "chat_id": "x"}', "chat_id"),
+    ],
+)
+async def test_each_bad_frame_gets_an_error_and_the_socket_still_works(
+    client, register, raw, fragment
+):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_str(raw.replace("CHAT", str(chat)).replace("TOO_LONG", "x" * 5001))
+    error = await next_frame(ws)
+    assert error["type"] == "error"
+    assert fragment in error["error"]
+    await ws.send_json({"text": "still here", "chat_id": chat})
+    assert (await next_frame(ws))["text"] == "still here"
+    # Nothing invalid was stored.
+    history = await (await client.get(f"/chats/messages?id={chat}", headers=alice.headers)).json()
+    assert [m["text"] for m in history] == ["still here"]
+
+
+async def test_binary_frames_are_refused_with_an_error(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_bytes(b'{"text": "x", "chat_id": 1}')
+    assert "binary" in (await next_frame(ws, "error"))["error"]
+    await ws.send_json({"text": "text works", "chat_id": chat})
+    assert (await next_frame(ws))["text"] == "text works"
+
+
+async def test_oversized_frame_closes_with_1009(client, register, config):
+    alice = await register(client, "alice")
+    ws = await connect(client, alice)
+    await ws.send_str(json.dumps({"text": "x" * config.max_frame, "chat_id": 1}))
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 1009
+
+
+@pytest.mark.parametrize("params", [{}, {"token": "garbage"}])
+async def test_handshake_without_a_valid_token_is_401(client, params):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/chats/ws", params=params)
+    assert info.value.status == 401
+
+
+async def test_token_in_the_authorization_header_works(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await client.ws_connect("/chats/ws", headers=alice.headers)
+    await ws.send_json({"text": "via header", "chat_id": chat})
+    assert (await next_frame(ws))["text"] == "via header"
+
+
+async def test_foreign_origin_is_403_and_own_origin_is_accepted(client, register):
+    alice = await register(client, "alice")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await connect(client, alice, origin="https://evil.example")
+    assert info.value.status == 403
+    own = f"http://{client.host}:{client.port}"
+    ws = await connect(client, alice, origin=own)
+    assert not ws.closed
+
+
+async def test_concurrent_senders_give_increasing_ids_to_every_subscriber(client, register):
+    users = [await register(client, f"sender{i}") for i in range(4)]
+    chat = await create_chat(client, users[0])
+    sockets = [await connect(client, user) for user in users]
+    watchers = [await connect(client, users[0]) for _ in range(2)]
+    for ws in sockets + watchers:
+        await ws.send_json({"type": "join", "chat_id": chat})
+        await next_frame(ws, "joined")
+
+    per_sender = 25
+
+    async def send_all(ws, index):
+        for n in range(per_sender):
+            await ws.send_json({"text": f"{index}-{n}", "chat_id": chat})
+
+    await asyncio.gather(*(send_all(ws, i) for i, ws in enumerate(sockets)))
+    total = per_sender * len(sockets)
+    for ws in sockets + watchers:
+        ids = [(await next_frame(ws, "message"))["id"] for _ in range(total)]
+        assert ids == sorted(ids) and len(set(ids)) == total
+
+
+async def test_a_client_that_never_reads_does_not_delay_the_others(
+    aiohttp_client, config, register
+):
+    app = create_app(config.replace(outbox_limit=64))
+    client = await aiohttp_client(app)
+    alice, bob, idle = [await register(client, n) for n in ("alice", "bob", "idle")]
+    chat = await create_chat(client, alice)
+
+    # A raw socket with a tiny receive buffer that completes the handshake and
+    # then never reads again: the server's writes to it back up.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (client.host, client.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    writer.write(
+        (
+            f"GET /chats/ws?token={idle['token']} HTTP/1.1\r\nHost: {client.host}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    status = await reader.readline()
+    assert b"101" in status
+    # join: a masked client text frame
+    payload = json.dumps({"type": "join", "chat_id": chat}).encode()
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    await writer.drain()
+    hub = app[HUB]
+    for _ in range(100):
+        idle_conn = next((c for c in hub.connections if c.username == "idle"), None)
+        if idle_conn is not None and chat in idle_conn.subscriptions:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("idle socket never joined")
+    # Shrink the kernel's send buffer on the server side too, so that the
+    # backlog shows after a few hundred kilobytes instead of megabytes.
+    server_sock = idle_conn.transport.get_extra_info("socket")
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    ws_a, ws_b = await connect(client, alice), await connect(client, bob)
+    await ws_b.send_json({"type": "join", "chat_id": chat})
+    await next_frame(ws_b, "joined")
+
+    count = 300  # 300 x 5 kB: far beyond the idle peer's buffers and outbox
+    text = "y" * 5000
+    for n in range(count):
+        await ws_a.send_json({"text": text, "chat_id": chat, "nonce": str(n)})
+    received = [await next_frame(ws_b, "message", timeout=10) for _ in range(count)]
+    assert [m["nonce"] for m in received] == [str(n) for n in range(count)]
+
+    # The idle socket was dropped instead of buffered without bound.
+    assert idle_conn.dropped
+    for _ in range(500):
+        if not any(c.username == "idle" for c in hub.connections):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the idle socket is still registered")
+    writer.close()
