@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .app import create_app  # noqa: E402
-from .config import Config  # noqa: E402
+from .app import create_app
+from .config import Config
 
-__all__ = ["Config", "create_app", "__version__"]
+__all__ = ["Config", "__version__", "create_app"]

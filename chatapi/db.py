@@ -124,14 +124,13 @@ async def create_user(
 ) -> dict[str, Any]:
     """Insert a user; Conflict('email') or Conflict('username') when taken."""
     try:
-        async with db.transaction() as conn:
-            async with conn.execute(
-                f"""INSERT INTO users (email, username, username_key, password_hash)
+        async with db.transaction() as conn, conn.execute(
+            f"""INSERT INTO users (email, username, username_key, password_hash)
                     VALUES (?, ?, ?, ?)
                     RETURNING {_USER_COLUMNS}""",
-                (email, username, username.casefold(), password_hash),
-            ) as cursor:
-                row = await cursor.fetchone()
+            (email, username, username.casefold(), password_hash),
+        ) as cursor:
+            row = await cursor.fetchone()
     except sqlite3.IntegrityError as exc:
         raise Conflict("email" if "users.email" in str(exc) else "username") from None
     return dict(row)
@@ -185,13 +184,12 @@ async def set_everybody_offline(db: Database) -> None:
 
 
 async def create_chat(db: Database, name: str, owner_id: int) -> dict[str, Any]:
-    async with db.transaction() as conn:
-        async with conn.execute(
-            """INSERT INTO chats (name, owner_id) VALUES (?, ?)
+    async with db.transaction() as conn, conn.execute(
+        """INSERT INTO chats (name, owner_id) VALUES (?, ?)
                RETURNING id, name, owner_id, created_at""",
-            (name, owner_id),
-        ) as cursor:
-            return dict(await cursor.fetchone())
+        (name, owner_id),
+    ) as cursor:
+        return dict(await cursor.fetchone())
 
 
 async def list_chats(db: Database) -> list[dict[str, Any]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import sqlite3
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,9 +50,9 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     hub = request.app[HUB]
     conn = Connection(ws, request.transport, user, config.outbox_limit)
     conn.start()
-    if hub.connect(conn):
-        await db.set_online(request.app[DB], conn.user_id, True)
     try:
+        if hub.connect(conn):
+            await record_presence(request.app, conn.user_id, True)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await handle_frame(request.app, conn, msg.data)
@@ -59,12 +61,27 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     finally:
         conn.stop()
         if hub.disconnect(conn):
-            try:
-                await db.set_online(request.app[DB], conn.user_id, False)
-            except Exception:
-                # The database may already be closing (shutdown marks everybody offline).
-                log.warning("could not mark user %d offline", conn.user_id)
+            await record_presence(request.app, conn.user_id, False)
     return ws
+
+
+_presence_writes: set[asyncio.Task[None]] = set()
+
+
+async def record_presence(app: web.Application, user_id: int, online: bool) -> None:
+    """Store a presence change, even when the handler is cancelled meanwhile.
+
+    aiohttp cancels a websocket handler whose peer vanishes; a cancelled write
+    here would leave the user online for good.
+    """
+    task = asyncio.create_task(db.set_online(app[DB], user_id, online))
+    _presence_writes.add(task)
+    task.add_done_callback(_presence_writes.discard)
+    try:
+        await asyncio.shield(task)
+    except (sqlite3.Error, ValueError):
+        # The database may already be closing (shutdown marks everybody offline).
+        log.warning("could not record user %d as %s", user_id, "online" if online else "offline")
 
 
 async def handle_frame(app: web.Application, conn: Connection, data: str) -> None:

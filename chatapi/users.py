@@ -12,7 +12,13 @@ from aiohttp import web
 from . import db, security
 from .auth import USER, public
 from .keys import CONFIG, DB, HUB, SECRET
-from .validation import ApiError, has_control_characters, invalid, json_object, string_field
+from .validation import (
+    ApiError,
+    has_control_characters,
+    invalid,
+    json_object,
+    string_field,
+)
 
 # Deliberately loose: one @, something on both sides, a dot in the domain, no spaces.
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import Awaitable, Callable
@@ -93,7 +92,7 @@ async def no_frame(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.3) -> No
     """Assert that no frame other than presence arrives within `wait` seconds."""
     try:
         frame = await next_frame(ws, timeout=wait)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return
     raise AssertionError(f"unexpected frame {frame}")
 
