@@ -250,3 +250,23 @@ async def test_a_client_that_never_reads_does_not_delay_the_others(
     else:
         raise AssertionError("the idle socket is still registered")
     writer.close()
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(aiohttp_client, config, register):
+    app = create_app(config.replace(heartbeat=0.2))
+    client = await aiohttp_client(app)
+    alice = await register(client, "alice")
+    # autoping=False: this client never answers the server's pings.
+    ws = await connect(client, alice, autoping=False)
+    kinds = []
+    while True:
+        msg = await ws.receive(timeout=5)
+        kinds.append(msg.type)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            break
+    assert aiohttp.WSMsgType.PING in kinds
+    for _ in range(100):
+        if not app[HUB].connections:
+            break
+        await asyncio.sleep(0.02)
+    assert not app[HUB].connections
