@@ -168,6 +168,20 @@ async def revoke_tokens(db: Database, user_id: int) -> None:
         )
 
 
+async def set_password(db: Database, email: str, password_hash: str) -> dict[str, Any]:
+    """Replace a user's password hash and revoke their tokens; NotFound if no such email."""
+    async with db.transaction() as conn, conn.execute(
+        f"""UPDATE users SET password_hash = ?, token_version = token_version + 1
+                WHERE email = ?
+                RETURNING {_USER_COLUMNS}""",
+        (password_hash, email),
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        raise NotFound(f"no user with email {email}")
+    return dict(row)
+
+
 async def set_online(db: Database, user_id: int, online: bool) -> None:
     async with db.transaction() as conn:
         await conn.execute(

@@ -62,14 +62,22 @@ def email_field(body: dict[str, Any]) -> str:
     return email.lower()
 
 
-@public
-async def register(request: web.Request) -> web.Response:
-    body = await json_object(request)
+def password_field(body: dict[str, Any]) -> str:
+    return string_field(body, "password", min_len=8, max_len=128)
+
+
+def registration_fields(body: dict[str, Any]) -> tuple[str, str, str]:
+    """(email, username, password) of a registration, checked; ApiError 400 otherwise."""
     email = email_field(body)
     username = string_field(body, "username", min_len=3, max_len=50, strip=True)
     if has_control_characters(username):
         raise invalid("username", "must not contain control characters")
-    password = string_field(body, "password", min_len=8, max_len=128)
+    return email, username, password_field(body)
+
+
+@public
+async def register(request: web.Request) -> web.Response:
+    email, username, password = registration_fields(await json_object(request))
     rounds = request.app[CONFIG].bcrypt_rounds
     password_hash = await in_executor(security.hash_password, password, rounds)
     user = await db.create_user(request.app[DB], email, username, password_hash)

@@ -1,0 +1,211 @@
+"""Embedding ChatAPI: the threaded ChatServer, the pytest plugin, the command line, admin commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chatapi.testing import ChatServer
+
+pytest_plugins = ["pytester"]
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BIN = Path(sys.executable).parent
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block under a README heading."""
+    text = README.read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    assert match, f"no {language} block under {heading}"
+    return match.group(1)
+
+
+def http(url: str, method: str = "GET", body=None, token: str | None = None):
+    request = urllib.request.Request(url, method=method)
+    if body is not None:
+        request.data = json.dumps(body).encode()
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_chat_server_from_synchronous_code(tmp_path):
+    with ChatServer(bcrypt_rounds=4) as server:
+        assert server.url == f"http://127.0.0.1:{server.port}"
+        assert server.ws_url == f"ws://127.0.0.1:{server.port}/chats/ws"
+        assert http(server.url + "/health") == (200, {"status": "ok"})
+        status, _user = http(server.url + "/auth/reg", "POST",
+                            {"email": "a@example.com", "username": "alice", "password": "password1"})
+        assert status == 201
+        database = Path(server.config.db_path)
+        assert database.exists()
+        port = server.port
+    assert not database.exists()  # the temporary database goes with the server
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+async def test_chat_server_from_asynchronous_code(tmp_path):
+    server = ChatServer(db_path=str(tmp_path / "kept.db"), bcrypt_rounds=4)
+    async with server, aiohttp.ClientSession() as session:
+        body = {"email": "b@example.com", "username": "bob", "password": "password1"}
+        async with session.post(server.url + "/auth/reg", json=body) as resp:
+            token = (await resp.json())["token"]
+        async with session.ws_connect(server.ws_url, params={"token": token}) as ws:
+            await ws.send_json({"type": "join", "chat_id": 1})
+            assert (await ws.receive_json(timeout=5))["type"] == "error"  # no chat 1 yet
+    assert (tmp_path / "kept.db").exists()  # a database given by path is kept
+
+
+def test_chat_server_reports_a_failed_start(tmp_path):
+    with ChatServer(bcrypt_rounds=4) as running:
+        taken = ChatServer(port=running.port, db_path=str(tmp_path / "x.db"))
+        with pytest.raises(OSError):
+            taken.start()
+
+
+def test_downstream_suite_uses_only_the_installed_plugin(pytester):
+    # The README's example module, run by a separate pytest in a temporary directory.
+    pytester.makepyfile(test_downstream=readme_block("Use it in your tests", "python"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_fixtures_are_listed_with_their_docs(pytester):
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("--fixtures")
+    result.stdout.fnmatch_lines([
+        "*chatapi_server* -- *pytest_plugin.py*",
+        "*real ChatAPI server in a background thread*",
+        "*chatapi_user* -- *pytest_plugin.py*",
+        "*registers a fresh user*",
+    ])
+
+
+def test_the_plugin_can_be_turned_off(pytester):
+    pytester.makepyfile(test_off="def test_off(chatapi_server):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:chatapi")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'chatapi_server' not found*"])
+
+
+def test_port_zero_with_an_in_memory_database(tmp_path):
+    with subprocess.Popen(
+        [str(BIN / "chatapi"), "--port", "0", "--db", ":memory:"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "CHATAPI_BCRYPT_ROUNDS": "4"},
+    ) as proc:
+        try:
+            url = proc.stdout.readline().strip()
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+            status, user = http(url + "/auth/reg", "POST",
+                                {"email": "m@example.com", "username": "memory", "password": "password1"})
+            assert status == 201
+            assert http(url + "/users/", token=user["token"])[1][0]["username"] == "memory"
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert list(tmp_path.iterdir()) == []  # nothing written to disk
+
+
+def run_cli(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "chatapi"), *args], input=stdin, capture_output=True, text=True,
+        timeout=60, cwd=cwd, check=False, env={**os.environ, "CHATAPI_BCRYPT_ROUNDS": "4"},
+    )
+
+
+def test_admin_commands_from_the_readme_while_the_server_runs(tmp_path):
+    database = tmp_path / "chatapi.db"
+    with ChatServer(db_path=str(database), bcrypt_rounds=4) as server:
+        status, owner = http(server.url + "/auth/reg", "POST",
+                             {"email": "o@example.com", "username": "owner", "password": "password1"})
+        status, chat = http(server.url + "/chats/create", "POST", {"name": "ops"}, owner["token"])
+        assert chat["id"] == 1
+
+        for line in readme_block("Operate it", "sh").strip().splitlines():
+            env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, (line, done.stderr)
+
+        # create-user, then reset-password: only the second passphrase logs in.
+        login = {"email": "admin@example.com", "password": "another passphrase"}
+        status, admin = http(server.url + "/auth/login", "POST", login)
+        assert status == 200 and admin["username"] == "admin"
+        old = {"email": "admin@example.com", "password": "a long passphrase"}
+        assert http(server.url + "/auth/login", "POST", old)[0] == 401
+
+    exported = (tmp_path / "chat-1.jsonl").read_text().splitlines()
+    assert exported == []  # the chat has no messages yet; see the export test below
+
+
+def test_create_user_rejects_bad_input_with_one_line(tmp_path):
+    db = str(tmp_path / "c.db")
+    done = run_cli("--db", db, "create-user", "--email", "a@example.com", "--username", "al",
+                   stdin="password1\n")
+    assert done.returncode != 0 and "username" in done.stderr and "Traceback" not in done.stderr
+    ok = run_cli("--db", db, "create-user", "--email", "a@example.com", "--username", "alice",
+                 stdin="password1\n")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["username"] == "alice"
+    again = run_cli("--db", db, "create-user", "--email", "A@example.com", "--username", "other",
+                    stdin="password1\n")
+    assert again.returncode != 0 and "email already taken" in again.stderr
+
+
+def test_reset_password_revokes_tokens_and_refuses_unknown_email(tmp_path):
+    with ChatServer(db_path=str(tmp_path / "r.db"), bcrypt_rounds=4) as server:
+        _, user = http(server.url + "/auth/reg", "POST",
+                       {"email": "r@example.com", "username": "resetme", "password": "password1"})
+        done = run_cli("--db", server.config.db_path, "reset-password", "--email", "R@example.com",
+                       stdin="brand-new-pass\n")
+        assert done.returncode == 0, done.stderr
+        assert http(server.url + "/users/me", token=user["token"])[0] == 401
+        login = {"email": "r@example.com", "password": "brand-new-pass"}
+        assert http(server.url + "/auth/login", "POST", login)[0] == 200
+    missing = run_cli("--db", str(tmp_path / "r.db"), "reset-password", "--email", "x@example.com",
+                      stdin="brand-new-pass\n")
+    assert missing.returncode != 0 and "no user" in missing.stderr
+
+
+async def test_export_writes_json_lines_in_order(tmp_path):
+    async with ChatServer(db_path=str(tmp_path / "e.db"), bcrypt_rounds=4) as server:
+        async with aiohttp.ClientSession() as session:
+            body = {"email": "e@example.com", "username": "exporter", "password": "password1"}
+            async with session.post(server.url + "/auth/reg", json=body) as resp:
+                token = (await resp.json())["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.post(server.url + "/chats/create", json={"name": "x"},
+                                    headers=headers) as resp:
+                chat = (await resp.json())["id"]
+            async with session.ws_connect(server.ws_url, params={"token": token}) as ws:
+                for text in ("first", "second", "third ü"):
+                    await ws.send_json({"chat_id": chat, "text": text})
+                    await ws.receive_json(timeout=5)
+            async with session.get(server.url + "/chats/messages", params={"id": chat},
+                                   headers=headers) as resp:
+                history = await resp.json()
+        done = run_cli("--db", server.config.db_path, "export", "--chat", str(chat))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines == history
+    assert [m["text"] for m in lines] == ["first", "second", "third ü"]
+    missing = run_cli("--db", str(tmp_path / "e.db"), "export", "--chat", "99")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
