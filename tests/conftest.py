@@ -4,16 +4,45 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from chatapi import Config, create_app
+from chatapi.middlewares import RedactingAccessLogger
 
 _counter = itertools.count(1)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client):
+    """pytest-aiohttp's fixture, with the access logger the server uses in production."""
+
+    async def go(app, **kwargs):
+        # TestServer passes runner options only through start_server().
+        server = TestServer(app)
+        await server.start_server(access_log_class=RedactingAccessLogger)
+        return await aiohttp_client(server, **kwargs)
+
+    return go
+
+
+@pytest.fixture(autouse=True)
+def no_credentials_in_logs(caplog):
+    """Every test doubles as a check that no token reaches a log line (access log on)."""
+    caplog.set_level(logging.INFO)
+    yield
+    leaked = [
+        record.getMessage()
+        for when in ("setup", "call")
+        for record in caplog.get_records(when)
+        if "eyJ" in record.getMessage() or "eyJ" in (record.exc_text or "")
+    ]
+    assert not leaked, f"a token reached the logs: {leaked[:3]}"
 
 
 @pytest.fixture

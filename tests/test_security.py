@@ -1,0 +1,103 @@
+"""Tokens (RFC 8725): every malformed, forged or stale token is 401, over HTTP and on the handshake."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import aiohttp
+import jwt
+import pytest
+from conftest import assert_error
+
+from chatapi.keys import SECRET
+
+
+def signed(client, algorithm: str = "HS256", key: bytes | None = None, **claims) -> str:
+    now = int(time.time())
+    payload = {"sub": "1", "ver": 0, "iat": now, "exp": now + 60, **claims}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, key or client.app[SECRET], algorithm=algorithm)
+
+
+def b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def alg_none(client) -> str:
+    now = int(time.time())
+    claims = {"sub": "1", "ver": 0, "iat": now, "exp": now + 60}
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+
+
+def tampered(client) -> str:
+    header, _, signature = signed(client).split(".")
+    now = int(time.time())
+    forged = b64({"sub": "2", "ver": 0, "iat": now, "exp": now + 60})
+    return f"{header}.{forged}.{signature}"
+
+
+BAD_TOKENS = {
+    "garbage": lambda c: "not-a-jwt",
+    "alg-none": alg_none,
+    "alg-none-uppercase": lambda c: alg_none(c).replace(b64({"alg": "none", "typ": "JWT"}),
+                                                       b64({"alg": "NONE", "typ": "JWT"})),
+    "hs512-same-secret": lambda c: signed(c, "HS512"),
+    "tampered-payload": tampered,
+    "wrong-key": lambda c: signed(c, key=b"k" * 32),
+    "no-exp": lambda c: signed(c, exp=None),
+    "no-iat": lambda c: signed(c, iat=None),
+    "no-sub": lambda c: signed(c, sub=None),
+    "sub-not-a-number": lambda c: signed(c, sub="alice"),
+    "expired": lambda c: signed(c, exp=int(time.time()) - 5),
+    "future-nbf": lambda c: signed(c, nbf=int(time.time()) + 3600),
+    "unknown-user": lambda c: signed(c, sub="999"),
+    "revoked-version": lambda c: signed(c, ver=7),
+}
+
+
+@pytest.fixture
+async def alice(client, register):
+    user = await register(client, "alice")
+    assert user["id"] == 1
+    return user
+
+
+async def test_a_good_token_works_both_ways(client, alice):
+    token = signed(client)
+    assert (await client.get("/users/me", headers={"Authorization": f"Bearer {token}"})).status == 200
+    ws = await client.ws_connect("/chats/ws", params={"token": token})
+    await ws.close()
+
+
+@pytest.mark.parametrize("make", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+async def test_bad_token_is_401_over_http(client, alice, make):
+    headers = {"Authorization": f"Bearer {make(client)}"}
+    body = await assert_error(await client.get("/users/me", headers=headers), 401)
+    assert "eyJ" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("make", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+async def test_bad_token_is_401_on_the_handshake(client, alice, make):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/chats/ws", params={"token": make(client)})
+    assert info.value.status == 401
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/chats/ws", headers={"Authorization": f"Bearer {make(client)}"})
+    assert info.value.status == 401
+
+
+async def test_query_token_is_redacted_from_access_lines(client, alice, caplog):
+    token = alice["token"]
+    ws = await client.ws_connect("/chats/ws", params={"token": token})
+    await ws.close()
+    await client.get("/users/me", params={"token": token})  # a misplaced token, too
+    for _ in range(100):  # the websocket's line is written when its handler ends
+        lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+        if any("/chats/ws" in line for line in lines):
+            break
+        await asyncio.sleep(0.02)
+    assert any("/chats/ws?token=REDACTED" in line for line in lines)
+    assert not any(token in line for line in lines)
