@@ -87,7 +87,7 @@ async def record_presence(app: web.Application, user_id: int, online: bool) -> N
 async def handle_frame(app: web.Application, conn: Connection, data: str) -> None:
     try:
         frame = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         conn.send(error_frame("frame is not valid JSON"))
         return
     if not isinstance(frame, dict):

@@ -43,7 +43,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "request body must be JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
