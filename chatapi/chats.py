@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
 
 from aiohttp import web
 
@@ -10,6 +14,8 @@ from . import db
 from .auth import USER
 from .keys import DB
 from .validation import ApiError, int_query, json_object, string_field
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 
@@ -27,15 +33,28 @@ async def list_chats(request: web.Request) -> web.Response:
 
 async def chat_messages(request: web.Request) -> web.StreamResponse:
     """The history of a chat, oldest first; streamed, so a long history costs no memory."""
-    chat_id = int_query(request, "id", required=True)
+    # Any integer is a well-formed id; one that names no chat is a 404.
+    chat_id = int_query(request, "id", required=True, min_value=-(10**100), max_value=10**100)
     limit = int_query(request, "limit", max_value=MAX_PAGE)
     before = int_query(request, "before")
     after = int_query(request, "after", min_value=0)
-    if not await db.chat_exists(request.app[DB], chat_id):
+    database = request.app[DB]
+    if not 1 <= chat_id <= db.MAX_ID or not await db.chat_exists(database, chat_id):
         raise ApiError(404, f"chat {chat_id} does not exist")
-    rows = db.chat_messages(request.app[DB], chat_id, limit=limit, before=before, after=after)
+    rows = db.chat_messages(database, chat_id, limit=limit, before=before, after=after)
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
+    try:
+        async with aclosing(rows):
+            await write_json_array(response, rows)
+    except ConnectionError:
+        log.debug("client left while reading the history of chat %d", chat_id)
+    return response
+
+
+async def write_json_array(
+    response: web.StreamResponse, rows: AsyncIterator[dict[str, Any]]
+) -> None:
     separator = b"["
     chunk = []
     async for row in rows:
@@ -49,4 +68,3 @@ async def chat_messages(request: web.Request) -> web.StreamResponse:
     chunk.append(b"]" if separator == b"," else b"[]")
     await response.write(b"".join(chunk))
     await response.write_eof()
-    return response

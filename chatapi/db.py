@@ -223,6 +223,9 @@ async def chat_exists(db: Database, chat_id: int) -> bool:
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
 
 
+PAGE = 500
+
+
 async def chat_messages(
     db: Database,
     chat_id: int,
@@ -231,31 +234,45 @@ async def chat_messages(
     before: int | None = None,
     after: int | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Messages of a chat, oldest first, streamed from the database.
+    """Messages of a chat, oldest first, read page by page.
 
     `limit` without `after` means the newest `limit` (below `before` if given);
-    with `after`, the oldest `limit` above it.
+    with `after`, the oldest `limit` above it. Each page is fetched whole, so
+    no statement stays open while the caller awaits: an open statement would
+    pin the shared read connection to an old snapshot.
     """
-    params = {
-        "chat": chat_id,
-        "after": 0 if after is None else after,
-        "before": MAX_ID if before is None else before,
-        "limit": -1 if limit is None else limit,
-    }
+    before = MAX_ID if before is None else before
     if limit is not None and after is None:
-        sql = f"""SELECT * FROM (
-                      SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
-                      WHERE m.chat_id = :chat AND m.id > :after AND m.id < :before
-                      ORDER BY m.id DESC LIMIT :limit)
-                  ORDER BY id"""
-    else:
-        sql = f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
-                  WHERE m.chat_id = :chat AND m.id > :after AND m.id < :before
-                  ORDER BY m.id LIMIT :limit"""
-    async with db.reader.execute(sql, params) as cursor:
-        cursor.arraysize = 500
-        async for row in cursor:
+        async with db.reader.execute(
+            f"""SELECT * FROM (
+                    SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                    WHERE m.chat_id = ? AND m.id < ?
+                    ORDER BY m.id DESC LIMIT ?)
+                ORDER BY id""",
+            (chat_id, before, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        for row in rows:
             yield dict(row)
+        return
+    last = 0 if after is None else after
+    remaining = -1 if limit is None else limit
+    while remaining != 0:
+        page = PAGE if remaining < 0 else min(PAGE, remaining)
+        async with db.reader.execute(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                WHERE m.chat_id = ? AND m.id > ? AND m.id < ?
+                ORDER BY m.id LIMIT ?""",
+            (chat_id, last, before, page),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        for row in rows:
+            yield dict(row)
+        if len(rows) < page:
+            return
+        last = rows[-1]["id"]
+        if remaining > 0:
+            remaining -= len(rows)
 
 
 @dataclass
@@ -298,6 +315,12 @@ async def insert_messages(db: Database, drafts: Sequence[Draft]) -> list[Stored]
                     row = await cursor.fetchone()
             except sqlite3.IntegrityError:
                 results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
+                continue
+            except (sqlite3.InterfaceError, ValueError):
+                # Input validation should make this unreachable; one bad draft
+                # must still not fail the others in its batch.
+                log.exception("message from user %d could not be stored", draft.owner_id)
+                results.append(Stored(None, error="message could not be stored"))
                 continue
             if row is not None:
                 results.append(Stored({**dict(row), "username": draft.username}, is_new=True))

@@ -42,7 +42,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or 400 (413 when over the size limit)."""
     raw = await request.read()
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ApiError(400, "request body must be JSON") from None
     if not isinstance(body, dict):
@@ -75,7 +75,18 @@ def string_field(
         raise invalid(field, reason)
     if len(value) > max_len:
         raise invalid(field, f"must be at most {max_len} characters")
+    if not is_utf8(value):
+        raise invalid(field, "must be valid Unicode text (no lone surrogates)")
     return value
+
+
+def is_utf8(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates like \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def int_query(
@@ -93,7 +104,7 @@ def int_query(
             raise invalid(name, "query parameter is required")
         return None
     # int() would also take " 5", "5_0" and non-ASCII digits.
-    if not re.fullmatch(r"-?[0-9]{1,19}", raw):
+    if not re.fullmatch(r"-?[0-9]{1,100}", raw):
         raise invalid(name, "must be an integer")
     value = int(raw)
     if not min_value <= value <= max_value:

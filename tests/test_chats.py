@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -77,16 +78,51 @@ async def test_messages_of_an_empty_chat_is_an_empty_array(client, register):
     assert await resp.json() == []
 
 
-@pytest.mark.parametrize("query", ["", "?id=", "?id=abc", "?id=1.5", "?id=0", "?id=-3",
-                                   "?id=99999999999999999999"])
+@pytest.mark.parametrize("query", ["", "?id=", "?id=abc", "?id=1.5", "?id=%201", "?id=1_0",
+                                   "?id=%D9%A3"])
 async def test_messages_needs_an_integer_id(client, register, query):
     user = await register(client)
     await assert_error(await client.get(f"/chats/messages{query}", headers=user.headers), 400)
 
 
-async def test_messages_of_an_unknown_chat_is_404(client, register):
+@pytest.mark.parametrize("chat_id", ["42", "0", "-3", "99999999999999999999"])
+async def test_messages_of_an_unknown_chat_is_404(client, register, chat_id):
     user = await register(client)
-    await assert_error(await client.get("/chats/messages?id=42", headers=user.headers), 404)
+    resp = await client.get(f"/chats/messages?id={chat_id}", headers=user.headers)
+    await assert_error(resp, 404)
+
+
+async def test_long_history_does_not_pin_the_read_snapshot(client, register, config):
+    """A history read spans many pages; writes made meanwhile are visible to other requests."""
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    with sqlite3.connect(config.db_path) as conn:
+        conn.executemany(
+            "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, ?)",
+            [(chat, alice["id"], f"m{n}") for n in range(3000)],
+        )
+    resp = await client.get(f"/chats/messages?id={chat}", headers=alice.headers)
+    head = await resp.content.readexactly(10)  # the stream has started and is left unread
+    bob = await register(client, "bob")  # a write while the history stream is open
+    me = await client.get("/users/me", headers=bob.headers)
+    assert me.status == 200
+    history = json.loads(head + await resp.content.read())
+    assert len(history) == 3000 and [m["text"] for m in history[:2]] == ["m0", "m1"]
+
+
+@pytest.mark.parametrize("body", [
+    {"email": "s@example.com", "username": "ab\ud800c", "password": "password1"},
+    {"email": "s@example.com", "username": "surrogate", "password": "pass\udfffword"},
+])
+async def test_lone_surrogates_are_400_not_500(client, body):
+    raw = json.dumps(body).encode()  # ASCII, with the surrogate as a \\u escape
+    resp = await client.post("/auth/reg", data=raw)
+    await assert_error(resp, 400)
+
+
+async def test_utf16_bodies_are_refused(client):
+    body = json.dumps({"email": "u@example.com", "username": "utf16", "password": "password1"})
+    await assert_error(await client.post("/auth/reg", data=body.encode("utf-16")), 400)
 
 
 async def test_health(client):
