@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import chats, db, realtime, users
+from . import chats, db, openapi, realtime, users
 from .auth import public
 from .config import Config
 from .hub import Hub
-from .keys import CONFIG, DB, HUB, SECRET, WRITER
-from .middlewares import auth_middleware, error_middleware
+from .keys import CONFIG, DB, HUB, METRICS, SECRET, WRITER
+from .metrics import Metrics
+from .middlewares import auth_middleware, error_middleware, metrics_middleware
 from .writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@public
+async def metrics_page(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the database, start the background tasks; on the way out, stop and close."""
     config = app[CONFIG]
@@ -42,8 +49,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     secret = config.secret or await db.get_or_create_secret(database, secrets.token_hex(32))
     app[SECRET] = secret.encode()
     app[DB] = database
-    hub = app[HUB] = Hub(config.presence_interval)
-    writer = app[WRITER] = MessageWriter(database, hub)
+    metrics = app.get(METRICS)
+    hub = app[HUB] = Hub(config.presence_interval, metrics)
+    writer = app[WRITER] = MessageWriter(database, hub, metrics=metrics)
+    if metrics is not None:
+        metrics.watch(hub)
     await users.in_executor(users.dummy_hash, config.bcrypt_rounds)
     tasks = [asyncio.create_task(writer.run()), asyncio.create_task(hub.run_presence())]
     yield
@@ -64,10 +74,14 @@ async def close_sockets(app: web.Application) -> None:
 def create_app(config: Config | None = None) -> web.Application:
     """The ChatAPI application for `config` (defaults when None)."""
     config = config or Config()
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=config.max_body
-    )
+    middlewares = [error_middleware, auth_middleware]
+    if config.metrics:
+        # Outermost, so that it times and labels the answer the client gets.
+        middlewares.insert(0, metrics_middleware)
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body)
     app[CONFIG] = config
+    if config.metrics:
+        app[METRICS] = Metrics()
     app.cleanup_ctx.append(database_ctx)
     app.on_shutdown.append(close_sockets)
     app.router.add_post("/auth/reg", users.register)
@@ -82,4 +96,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/chats/messages", chats.chat_messages)
     app.router.add_get("/chats/ws", realtime.chat_socket)
     app.router.add_get("/health", health)
+    if config.metrics:
+        app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
     return app

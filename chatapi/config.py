@@ -30,6 +30,7 @@ class Config:
     outbox_limit: int = 1024  # frames queued for one socket before it is dropped as too slow
     presence_interval: float = 1.0  # seconds between presence frames to a socket
     access_log: bool = True
+    metrics: bool = True  # GET /metrics; off: the route does not exist
     # Origins (e.g. "https://chat.example.com") allowed besides the server's own.
     allowed_origins: tuple[str, ...] = ()
 
@@ -94,6 +95,7 @@ ENVIRONMENT = {
     "CHATAPI_HEARTBEAT": ("heartbeat", float),
     "CHATAPI_BCRYPT_ROUNDS": ("bcrypt_rounds", int),
     "CHATAPI_ACCESS_LOG": ("access_log", parse_bool),
+    "CHATAPI_METRICS": ("metrics", parse_bool),
     "CHATAPI_ALLOWED_ORIGINS": ("allowed_origins", parse_list),
 }
 

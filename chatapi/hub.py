@@ -11,9 +11,12 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class Connection:
         transport: asyncio.BaseTransport | None,
         user: dict[str, Any],
         limit: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -54,6 +58,7 @@ class Connection:
         self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
         self.dropped = False
         self._limit = limit
+        self._metrics = metrics
         self._frames: deque[str] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -70,7 +75,7 @@ class Connection:
             return
         if len(self._frames) >= self._limit:
             log.info("dropping socket of user %d: %d frames unsent", self.user_id, self._limit)
-            self.close(1008, "too slow: outgoing frames piled up")
+            self._drop_as_slow("too slow: outgoing frames piled up")
             return
         self._frames.append(frame)
         self._ready.set()
@@ -87,7 +92,7 @@ class Connection:
         if buffer is None:
             self.send(frame)
         elif len(buffer) >= self._limit:
-            self.close(1008, "too slow: could not catch up")
+            self._drop_as_slow("too slow: could not catch up")
         else:
             buffer.append((message_id, frame))
 
@@ -112,6 +117,11 @@ class Connection:
                 await self.ws.send_str(frame)
         except (ConnectionError, RuntimeError):
             pass  # the socket is closing; the handler cleans up
+
+    def _drop_as_slow(self, reason: str) -> None:
+        if not self.dropped and self._metrics is not None:
+            self._metrics.slow_sockets_dropped.inc()
+        self.close(1008, reason)
 
     def close(self, code: int, reason: str) -> None:
         """Close the socket with `code` (once); cut it if the peer does not answer."""
@@ -144,12 +154,13 @@ class Connection:
 class Hub:
     """Who listens to which chat, who is online, and the fan-out between them."""
 
-    def __init__(self, presence_interval: float = 1.0) -> None:
+    def __init__(self, presence_interval: float = 1.0, metrics: Metrics | None = None) -> None:
         self.connections: set[Connection] = set()
         self._by_user: dict[int, set[Connection]] = {}
         self._subscribers: dict[int, set[Connection]] = {}
         self._presence_interval = presence_interval
         self._presence_changes: dict[int, dict[str, Any]] = {}
+        self._metrics = metrics
 
     # Sockets and presence
 
@@ -178,6 +189,9 @@ class Hub:
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._by_user
+
+    def online_count(self) -> int:
+        return len(self._by_user)
 
     def _note_presence(self, conn: Connection, online: bool) -> None:
         # The latest state wins: a user who flaps within one interval is listed once.
@@ -225,8 +239,12 @@ class Hub:
         self._fan_out(message["chat_id"], message["id"], message_frame(message))
 
     def _fan_out(self, chat_id: int, message_id: int, frame: str) -> None:
-        for conn in self._subscribers.get(chat_id, ()):
+        subscribers = self._subscribers.get(chat_id, ())
+        for conn in subscribers:
             conn.deliver(chat_id, message_id, frame)
+        # One increment per message, not one per socket: this loop is the hot path.
+        if subscribers and self._metrics is not None:
+            self._metrics.frames_delivered.inc(len(subscribers))
 
     # Closing
 

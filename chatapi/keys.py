@@ -7,6 +7,7 @@ from aiohttp import web
 from .config import Config
 from .db import Database
 from .hub import Hub
+from .metrics import Metrics
 from .writer import MessageWriter
 
 CONFIG = web.AppKey("config", Config)
@@ -14,3 +15,5 @@ DB = web.AppKey("db", Database)
 SECRET = web.AppKey("secret", bytes)
 HUB = web.AppKey("hub", Hub)
 WRITER = web.AppKey("writer", MessageWriter)
+# Absent when metrics are turned off.
+METRICS = web.AppKey("metrics", Metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -10,6 +11,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import db
 from .auth import USER, authenticate, bearer_token
+from .keys import METRICS
+from .metrics import UNMATCHED
 from .validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.match_info.http_exception is None and not getattr(handler, "public", False):
         request[USER] = await authenticate(request.app, bearer_token(request))
     return await handler(request)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every request into the latency histogram (outermost: it sees the final status)."""
+    start = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        observe_request(request, exc.status, start)
+        raise
+    # A websocket session (101) lasts as long as the user stays: not a latency.
+    if response.status != 101:
+        observe_request(request, response.status, start)
+    return response
+
+
+def observe_request(request: web.Request, status: int, start: float) -> None:
+    resource = request.match_info.route.resource
+    # The route's template, never the raw path: a path may carry ids or tokens.
+    route = UNMATCHED if resource is None else resource.canonical
+    request.app[METRICS].observe_request(
+        route, request.method, status, time.perf_counter() - start
+    )
 
 
 class RedactingAccessLogger(AbstractAccessLogger):

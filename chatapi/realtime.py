@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from . import db
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
-from .keys import CONFIG, DB, HUB, WRITER
+from .keys import CONFIG, DB, HUB, METRICS, WRITER
 from .validation import ApiError, is_int
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
 
     hub = request.app[HUB]
-    conn = Connection(ws, request.transport, user, config.outbox_limit)
+    conn = Connection(
+        ws, request.transport, user, config.outbox_limit, request.app.get(METRICS)
+    )
     conn.start()
     try:
         if hub.connect(conn):

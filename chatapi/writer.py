@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from . import db
 from .hub import Hub
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +24,17 @@ class MessageWriter:
     committed, then published in one sequence.
     """
 
-    def __init__(self, database: db.Database, hub: Hub, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        database: db.Database,
+        hub: Hub,
+        max_batch: int = 256,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._db = database
         self._hub = hub
         self._max_batch = max_batch
+        self._metrics = metrics
         self._pending: asyncio.Queue[tuple[db.Draft, asyncio.Future[db.Stored]]] = asyncio.Queue()
 
     async def post(self, draft: db.Draft) -> db.Stored:
@@ -45,8 +56,12 @@ class MessageWriter:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            stored_count = 0
             for (_, future), stored in zip(batch, results):
                 if stored.is_new:
                     self._hub.publish(stored.message)
+                    stored_count += 1
                 if not future.done():
                     future.set_result(stored)
+            if stored_count and self._metrics is not None:
+                self._metrics.messages_stored.inc(stored_count)

@@ -1,0 +1,580 @@
+"""The OpenAPI 3 document of every HTTP route, served at /openapi.json.
+
+Built from the configuration, so it stays true for this server: /metrics is
+listed only when it exists, the user shape shows the password hash only when
+it is exposed, the size limits are the configured ones. tests/test_openapi.py
+checks it against the router and against real responses.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import unicodedata
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .auth import public
+from .config import Config
+from .keys import CONFIG
+
+MAX_ID = 2**63 - 1
+JSON = "application/json"
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def response(name: str) -> Schema:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def json_content(schema: Schema) -> Schema:
+    return {JSON: {"schema": schema}}
+
+
+def char_class(codes: list[int]) -> str:
+    """A regex character class body naming exactly `codes` (sorted), as ranges."""
+    ranges: list[list[int]] = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+
+    def char(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    return "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges)
+
+
+@functools.cache
+def character_classes() -> tuple[str, str]:
+    """(white space as str.strip() sees it, control characters as usernames refuse them).
+
+    Spelled out rather than written `\\s`: JSON Schema patterns are ECMA-262, whose
+    `\\s` is not Python's (U+001C..U+001F and U+0085 are white space only to Python).
+    """
+    characters = [chr(code) for code in range(sys.maxunicode + 1)]
+    white = [ord(ch) for ch in characters if ch.isspace()]
+    control = [ord(ch) for ch in characters if unicodedata.category(ch) in ("Cc", "Cf")]
+    return char_class(white), char_class(control)
+
+
+def trimmed(max_len: int) -> str:
+    """A pattern for a string of 1..max_len characters once white space is stripped."""
+    w, _ = character_classes()
+    return rf"^[{w}]*[^{w}](?:[\s\S]{{0,{max_len - 2}}}[^{w}])?[{w}]*$"
+
+
+def email_pattern() -> str:
+    """EMAIL of chatapi.users, at most 254 characters, once white space is stripped."""
+    w, _ = character_classes()
+    return rf"^[{w}]*(?=[^{w}]{{1,254}}[{w}]*$)[^@{w}]+@[^@{w}]+\.[^@{w}]+[{w}]*$"
+
+
+def username_pattern() -> str:
+    """3..50 characters once white space is stripped, none of them a control character."""
+    w, c = character_classes()
+    return rf"^[{w}]*[^{w}{c}][^{c}]{{1,48}}[^{w}{c}][{w}]*$"
+
+
+def id_schema(minimum: int = 1) -> Schema:
+    return {"type": "integer", "format": "int64", "minimum": minimum, "maximum": MAX_ID}
+
+
+def schemas(config: Config) -> dict[str, Schema]:
+    user: Schema = {
+        "type": "object",
+        "properties": {
+            "id": id_schema(),
+            "email": {"type": "string"},
+            "username": {"type": "string"},
+            "is_online": {"type": "boolean"},
+        },
+        "required": ["id", "email", "username", "is_online"],
+        "additionalProperties": False,
+    }
+    if config.expose_password_hash:
+        user["properties"]["password"] = {"type": "string", "description": "bcrypt hash"}
+        user["required"].append("password")
+    return {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {"type": "string", "minLength": 1},
+                "details": {
+                    "type": "object",
+                    "description": "field name -> what is wrong with it",
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+            "required": ["error"],
+            "additionalProperties": False,
+        },
+        "Timestamp": {
+            "type": "string",
+            "format": "date-time",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$",
+            "description": "RFC 3339, UTC, millisecond precision",
+            "example": "2026-11-24T20:38:49.123Z",
+        },
+        "Registration": {
+            "type": "object",
+            "properties": {
+                "email": {
+                    "type": "string",
+                    "description": "At most 254 characters once trimmed; stored lower-cased.",
+                    "pattern": email_pattern(),
+                },
+                "username": {
+                    "type": "string",
+                    "description": "3 to 50 characters once trimmed, no control characters; "
+                    "unique case-insensitively.",
+                    "pattern": username_pattern(),
+                },
+                "password": {"type": "string", "minLength": 8, "maxLength": 128},
+            },
+            "required": ["email", "username", "password"],
+        },
+        "Credentials": {
+            "type": "object",
+            "properties": {
+                "email": {"type": "string", "pattern": trimmed(254)},
+                "password": {"type": "string", "minLength": 1, "maxLength": 128},
+            },
+            "required": ["email", "password"],
+        },
+        "Session": {
+            "type": "object",
+            "properties": {
+                "token": {"type": "string", "description": "a JWT: send it as a bearer token"},
+                "username": {"type": "string"},
+                "id": id_schema(),
+            },
+            "required": ["token", "username", "id"],
+            "additionalProperties": False,
+        },
+        "User": user,
+        "NewChat": {
+            "type": "object",
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "description": "1 to 255 characters once trimmed.",
+                    "pattern": trimmed(255),
+                }
+            },
+            "required": ["name"],
+        },
+        "Chat": {
+            "type": "object",
+            "properties": {
+                "id": id_schema(),
+                "name": {"type": "string"},
+                "owner_id": id_schema(),
+                "created_at": ref("Timestamp"),
+            },
+            "required": ["id", "name", "owner_id", "created_at"],
+            "additionalProperties": False,
+        },
+        "Message": {
+            "type": "object",
+            "properties": {
+                "id": id_schema(),
+                "chat_id": id_schema(),
+                "owner_id": id_schema(),
+                "username": {"type": "string"},
+                "text": {"type": "string"},
+                "created_at": ref("Timestamp"),
+                "nonce": {
+                    "type": "string",
+                    "description": "present when the sender gave one",
+                },
+            },
+            "required": ["id", "chat_id", "owner_id", "username", "text", "created_at"],
+            "additionalProperties": False,
+        },
+        "Health": {
+            "type": "object",
+            "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
+            "required": ["status"],
+            "additionalProperties": False,
+        },
+    }
+
+
+def error_responses(config: Config) -> dict[str, Schema]:
+    def error(description: str, **extra: Any) -> Schema:
+        return {"description": description, "content": json_content(ref("Error")), **extra}
+
+    return {
+        "BadRequest": error(
+            "The body is not a JSON object, or a field or query parameter is missing, "
+            "of the wrong type or out of range; `details` names the field."
+        ),
+        "Unauthorized": error(
+            "No token, or a malformed, forged, expired or revoked one (or a deleted user's)."
+        ),
+        "NotFound": error("The chat does not exist."),
+        "Conflict": error("The email or the username is already taken."),
+        "TooLarge": error(f"The request body is over {config.max_body} bytes."),
+        "TooManyRequests": error(
+            "Too many failed attempts; try again after `Retry-After` seconds.",
+            headers={
+                "Retry-After": {
+                    "description": "seconds to wait",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+        ),
+        "MethodNotAllowed": error(
+            "The path exists but not with this method (any path, any unlisted method).",
+            headers={
+                "Allow": {
+                    "description": "the methods the path answers",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+        ),
+    }
+
+
+WEBSOCKET_PROTOCOL = """\
+Upgrades to a websocket. Authentication happens before the upgrade: the token comes as
+the `token` query parameter or as the `Authorization: Bearer` header; a bad one is answered
+with a plain 401 and no websocket. A handshake whose `Origin` names another site than this
+server (and is not in the configured allow-list) is refused with 403. A request that is not
+a websocket handshake is answered with 400.
+
+Frames are JSON objects in text frames (binary frames are refused with an error frame;
+frames over {max_frame} bytes close the socket with 1009).
+
+Client to server:
+
+- `{{"text": str, "chat_id": int, "nonce"?: str}}` (`type` omitted or `"message"`): post a
+  message of 1 to {max_text} characters, not only white space. The socket is subscribed to
+  the chat and receives its own message as the acknowledgement. A `nonce` (1 to 64
+  characters) makes the send idempotent: the same user sending it again stores nothing and
+  gets the original message back.
+- `{{"type": "join", "chat_id": int, "since"?: int}}`: subscribe; with `since`, first every
+  message of the chat with a greater id, then live ones (no gap, no duplicate).
+- `{{"type": "leave", "chat_id": int}}`: unsubscribe.
+
+Server to client (clients ignore types they do not know):
+
+- `{{"type": "message", "id", "chat_id", "owner_id", "username", "text", "created_at",
+  "nonce"?}}`: a committed message of a subscribed chat, in increasing id order per chat.
+- `{{"type": "joined", "chat_id"}}`: answer to `join`, after the replayed messages.
+- `{{"type": "left", "chat_id"}}`: answer to `leave`.
+- `{{"type": "presence", "users": [{{"user_id", "username", "is_online"}}]}}`: users who came
+  online or went offline, batched (at most one such frame per socket per interval).
+- `{{"type": "error", "error": str, "nonce"?: str}}`: a frame the server could not accept;
+  the socket stays open.
+
+Close codes: 1001 server shutting down, 1008 or 1011 too slow to keep up (more than
+{outbox_limit} frames waiting), 1009 frame too large, 4001 logged out. The server pings
+every {heartbeat:g} seconds and drops peers that stop answering.
+"""
+
+
+def paths(config: Config) -> dict[str, Schema]:
+    public_route: dict[str, Any] = {"security": []}
+    user_list = {
+        "tags": ["users"],
+        "summary": "Every user, ordered by id",
+        "responses": {
+            "200": {
+                "description": "The users.",
+                "content": json_content({"type": "array", "items": ref("User")}),
+            },
+            "401": response("Unauthorized"),
+        },
+    }
+    chat_list = {
+        "tags": ["chats"],
+        "summary": "Every chat, ordered by id",
+        "responses": {
+            "200": {
+                "description": "The chats.",
+                "content": json_content({"type": "array", "items": ref("Chat")}),
+            },
+            "401": response("Unauthorized"),
+        },
+    }
+    document = {
+        "/auth/reg": {
+            "post": {
+                "tags": ["users"],
+                "operationId": "register",
+                "summary": "Create an account and get a token",
+                **public_route,
+                "requestBody": {"required": True, "content": json_content(ref("Registration"))},
+                "responses": {
+                    "201": {
+                        "description": "Registered.",
+                        "content": json_content(ref("Session")),
+                    },
+                    "400": response("BadRequest"),
+                    "409": response("Conflict"),
+                    "413": response("TooLarge"),
+                },
+            }
+        },
+        "/auth/login": {
+            "post": {
+                "tags": ["users"],
+                "operationId": "login",
+                "summary": "Get a token",
+                "description": "An unknown email and a wrong password get the same 401. "
+                "Repeated failures for one email or one client address get 429.",
+                **public_route,
+                "requestBody": {"required": True, "content": json_content(ref("Credentials"))},
+                "responses": {
+                    "200": {"description": "Logged in.", "content": json_content(ref("Session"))},
+                    "400": response("BadRequest"),
+                    "401": {
+                        "description": "Wrong email or password.",
+                        "content": json_content(ref("Error")),
+                    },
+                    "413": response("TooLarge"),
+                    "429": response("TooManyRequests"),
+                },
+            }
+        },
+        "/auth/logout": {
+            "post": {
+                "tags": ["users"],
+                "operationId": "logout",
+                "summary": "Revoke every token of the caller and close their websockets (4001)",
+                "responses": {
+                    "204": {"description": "Logged out."},
+                    "401": response("Unauthorized"),
+                },
+            }
+        },
+        "/users/me": {
+            "get": {
+                "tags": ["users"],
+                "operationId": "me",
+                "summary": "The caller",
+                "responses": {
+                    "200": {"description": "The caller.", "content": json_content(ref("User"))},
+                    "401": response("Unauthorized"),
+                },
+            }
+        },
+        "/users/": {"get": {**user_list, "operationId": "listUsers"}},
+        "/users": {"get": {**user_list, "operationId": "listUsersWithoutSlash"}},
+        "/chats/create": {
+            "post": {
+                "tags": ["chats"],
+                "operationId": "createChat",
+                "summary": "Create a chat owned by the caller",
+                "requestBody": {"required": True, "content": json_content(ref("NewChat"))},
+                "responses": {
+                    "201": {
+                        "description": "Created.",
+                        "content": json_content(ref("Chat")),
+                        "links": {
+                            "ChatMessages": {
+                                "operationId": "chatMessages",
+                                "parameters": {"id": "$response.body#/id"},
+                            }
+                        },
+                    },
+                    "400": response("BadRequest"),
+                    "401": response("Unauthorized"),
+                    "413": response("TooLarge"),
+                },
+            }
+        },
+        "/chats/": {"get": {**chat_list, "operationId": "listChats"}},
+        "/chats": {"get": {**chat_list, "operationId": "listChatsWithoutSlash"}},
+        "/chats/messages": {
+            "get": {
+                "tags": ["chats"],
+                "operationId": "chatMessages",
+                "summary": "The messages of a chat, oldest first",
+                "description": "Without `limit`, `before` or `after`: every message. "
+                "`limit` alone: the newest `limit`. `before`: the newest `limit` older than "
+                "it. `after`: the oldest `limit` newer than it. Always oldest first.",
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "query",
+                        "required": True,
+                        "description": "the chat",
+                        "schema": id_schema(),
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "at most this many messages",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "only messages with a smaller id",
+                        "schema": id_schema(),
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "only messages with a greater id",
+                        "schema": id_schema(minimum=0),
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The messages, oldest first.",
+                        "content": json_content({"type": "array", "items": ref("Message")}),
+                    },
+                    "400": response("BadRequest"),
+                    "401": response("Unauthorized"),
+                    "404": response("NotFound"),
+                },
+            }
+        },
+        "/chats/ws": {
+            "get": {
+                "tags": ["realtime"],
+                "operationId": "chatSocket",
+                "summary": "The websocket: post, join and leave chats; messages and presence",
+                "description": WEBSOCKET_PROTOCOL.format(
+                    max_frame=config.max_frame,
+                    max_text=config.max_text,
+                    outbox_limit=config.outbox_limit,
+                    heartbeat=config.heartbeat,
+                ),
+                "security": [{"bearerAuth": []}, {"queryToken": []}],
+                "responses": {
+                    "101": {"description": "Switching to the websocket protocol."},
+                    "400": {
+                        "description": "Not a websocket handshake.",
+                        "content": json_content(ref("Error")),
+                    },
+                    "401": response("Unauthorized"),
+                    "403": {
+                        "description": "Cross-site handshake: the Origin is not allowed.",
+                        "content": json_content(ref("Error")),
+                    },
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "tags": ["service"],
+                "operationId": "health",
+                "summary": "Whether the database answers",
+                **public_route,
+                "responses": {
+                    "200": {
+                        "description": "Serving: `{\"status\": \"ok\"}`.",
+                        "content": json_content(ref("Health")),
+                    },
+                    "503": {
+                        "description": "The database does not answer: "
+                        "`{\"status\": \"unavailable\"}`.",
+                        "content": json_content(ref("Health")),
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["service"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "description": "Connected sockets, online users, messages stored and "
+                "delivered, sockets dropped as slow, request latencies by route. "
+                "OpenMetrics when the `Accept` header asks for it.",
+                **public_route,
+                "responses": {
+                    "200": {
+                        "description": "The current values.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["service"],
+                "operationId": "openapi",
+                "summary": "This document",
+                **public_route,
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI document of this server.",
+                        "content": json_content(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "openapi": {"type": "string"},
+                                    "info": {"type": "object"},
+                                    "paths": {"type": "object"},
+                                },
+                                "required": ["openapi", "info", "paths"],
+                            }
+                        ),
+                    }
+                },
+            }
+        },
+    }
+    if not config.metrics:
+        del document["/metrics"]
+    return document
+
+
+def document(config: Config) -> dict[str, Any]:
+    """The OpenAPI document of a server running with `config`."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "ChatAPI",
+            "version": __version__,
+            "description": "Accounts, chats, history and live messages over a websocket. "
+            "Every error is `{\"error\": str, \"details\"?: {field: reason}}`. "
+            "An unknown path answers 404 and a method a path does not list answers 405 "
+            "(with `Allow`), both with that body.",
+        },
+        "tags": [
+            {"name": "users", "description": "Accounts and tokens"},
+            {"name": "chats", "description": "Chats and their history"},
+            {"name": "realtime", "description": "The websocket"},
+            {"name": "service", "description": "Health, metrics and this document"},
+        ],
+        "security": [{"bearerAuth": []}],
+        "paths": paths(config),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "queryToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "token",
+                    "description": "The websocket only: the token as a query parameter.",
+                },
+            },
+            "schemas": schemas(config),
+            "responses": error_responses(config),
+        },
+    }
+
+
+@public
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document(request.app[CONFIG]))

@@ -1,0 +1,251 @@
+"""GET /openapi.json: a valid OpenAPI document, true to the router and to real answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import connect, create_chat, next_frame
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
+from openapi_spec_validator import validate
+
+from chatapi import create_app
+
+Document = dict[str, Any]
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+async def fetch_document(client) -> Document:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    return await resp.json()
+
+
+def operations(document: Document) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method in METHODS
+    }
+
+
+def routes(app) -> set[tuple[str, str]]:
+    # aiohttp adds a HEAD route for every GET by itself.
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD"
+    }
+
+
+def follow(document: Document, ref: str) -> dict[str, Any]:
+    node: Any = document
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def documented_response(document: Document, method: str, path: str, status: int) -> dict:
+    responses = document["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered {status}, not documented"
+    answer = responses[str(status)]
+    return follow(document, answer["$ref"]) if "$ref" in answer else answer
+
+
+def schema_validator(document: Document, schema: dict[str, Any]) -> OAS30Validator:
+    # The components ride along so that "#/components/..." references resolve.
+    return OAS30Validator(
+        {**schema, "components": document["components"]}, format_checker=oas30_format_checker
+    )
+
+
+async def check(document: Document, resp, path: str) -> None:
+    """The response is documented for its operation, with the documented body."""
+    method = resp.method
+    answer = documented_response(document, method, path, resp.status)
+    content = answer.get("content")
+    if content is None:
+        assert await resp.read() == b"", f"{method} {path} {resp.status} has no body documented"
+        return
+    assert resp.content_type in content, f"{method} {path}: {resp.content_type} not documented"
+    schema = content[resp.content_type]["schema"]
+    body = await resp.json() if resp.content_type == "application/json" else await resp.text()
+    schema_validator(document, schema).validate(body)
+
+
+@pytest.fixture
+async def document(client) -> Document:
+    return await fetch_document(client)
+
+
+async def test_the_document_is_valid_openapi(document):
+    validate(document)
+    assert document["openapi"].startswith("3.")
+
+
+async def test_the_document_needs_no_token(client):
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+async def test_the_document_lists_exactly_the_routes_of_the_app(
+    aiohttp_client, config, metrics
+):
+    app = create_app(config.replace(metrics=metrics))
+    document = await fetch_document(await aiohttp_client(app))
+    validate(document)
+    assert operations(document) == routes(app)
+    assert (("GET", "/metrics") in operations(document)) is metrics
+
+
+async def test_private_routes_require_the_bearer_token_and_public_ones_do_not(document):
+    public = {
+        ("POST", "/auth/reg"),
+        ("POST", "/auth/login"),
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+    }
+    for method, path in operations(document):
+        operation = document["paths"][path][method.lower()]
+        security = operation.get("security", document["security"])
+        if (method, path) in public:
+            assert security == [], (method, path)
+        else:
+            assert {"bearerAuth": []} in security, (method, path)
+            assert "401" in operation["responses"], (method, path)
+
+
+async def test_real_answers_match_the_documented_schemas(client, register, document):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_json({"text": "plain", "chat_id": chat})
+    await ws.send_json({"text": "with nonce", "chat_id": chat, "nonce": "n-1"})
+    for _ in range(2):
+        await next_frame(ws, "message")
+
+    body = {"email": "carol@example.com", "username": "carol", "password": "password-carol"}
+    await check(document, await client.post("/auth/reg", json=body), "/auth/reg")
+    login = {"email": alice["email"], "password": alice["password"]}
+    await check(document, await client.post("/auth/login", json=login), "/auth/login")
+    auth = alice.headers
+    await check(document, await client.get("/users/me", headers=auth), "/users/me")
+    for path in ("/users/", "/users", "/chats/", "/chats"):
+        await check(document, await client.get(path, headers=auth), path)
+    resp = await client.post("/chats/create", json={"name": " second "}, headers=auth)
+    await check(document, resp, "/chats/create")
+    for params in ({"id": chat}, {"id": chat, "limit": 1}, {"id": chat, "after": 0}):
+        resp = await client.get("/chats/messages", params=params, headers=auth)
+        assert resp.status == 200
+        await check(document, resp, "/chats/messages")
+    await check(document, await client.get("/health"), "/health")
+    await check(document, await client.get("/metrics"), "/metrics")
+    await check(document, await client.get("/openapi.json"), "/openapi.json")
+    await check(document, await client.post("/auth/logout", headers=bob.headers), "/auth/logout")
+
+
+async def test_real_errors_match_the_documented_schemas(client, register, config, document):
+    alice = await register(client, "alice")
+    auth = alice.headers
+    taken = {"email": alice["email"], "username": "other", "password": "password-x"}
+    await check(document, await client.post("/auth/reg", json=taken), "/auth/reg")  # 409
+    await check(document, await client.post("/auth/reg", data=b"[1]"), "/auth/reg")  # 400
+    too_big = b"{" + b" " * config.max_body + b"}"
+    await check(document, await client.post("/auth/reg", data=too_big), "/auth/reg")  # 413
+    wrong = {"email": alice["email"], "password": "wrong password"}
+    await check(document, await client.post("/auth/login", json=wrong), "/auth/login")  # 401
+    await check(document, await client.get("/users/me"), "/users/me")  # 401
+    await check(document, await client.post("/auth/logout"), "/auth/logout")  # 401
+    resp = await client.post("/chats/create", json={}, headers=auth)
+    await check(document, resp, "/chats/create")  # 400
+    for params in ({}, {"id": "x"}, {"id": 1, "limit": 0}, {"id": 999}):
+        resp = await client.get("/chats/messages", params=params, headers=auth)
+        assert resp.status in (400, 404)
+        await check(document, resp, "/chats/messages")
+    await check(document, await client.get("/chats/ws", headers=auth), "/chats/ws")  # 400
+    await check(document, await client.get("/chats/ws"), "/chats/ws")  # 401
+    cross_site = {"Origin": "https://evil.example"}
+    await check(document, await client.get("/chats/ws", headers=cross_site), "/chats/ws")  # 403
+
+
+async def test_the_password_hash_is_documented_only_when_exposed(aiohttp_client, config, register):
+    client = await aiohttp_client(create_app(config.replace(expose_password_hash=True)))
+    alice = await register(client, "alice")
+    document = await fetch_document(client)
+    assert "password" in document["components"]["schemas"]["User"]["required"]
+    await check(document, await client.get("/users/me", headers=alice.headers), "/users/me")
+
+
+# The request schemas accept exactly what the server accepts: a generated
+# request that fits the schema must not get a 400, one that does not must.
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("email", "a@b.co"),
+        ("email", "  A@B.Co\n"),
+        ("email", "a@b"),
+        ("email", "a b@c.de"),
+        ("email", "a@@b.co"),
+        ("email", "x" * 240 + "@example.com"),
+        ("email", "x" * 250 + "@example.com"),
+        ("email", ""),
+        ("username", "bob"),
+        ("username", "  bob  "),
+        ("username", "b o"),
+        ("username", " bo "),
+        ("username", "bo\tb"),
+        ("username", "bo\u200bb"),
+        ("username", "\u00e9\u00e9\u00e9"),
+        ("username", "b" * 50),
+        ("username", "b" * 51),
+        ("username", "\n" + "b" * 50 + "\t"),
+        ("password", "1234567"),
+        ("password", "12345678"),
+        ("password", "p" * 128),
+        ("password", "p" * 129),
+    ],
+)
+async def test_registration_schema_is_what_the_server_accepts(client, document, field, value):
+    body = {"email": "someone@example.com", "username": "someone", "password": "password-1"}
+    body[field] = value
+    schema = document["components"]["schemas"]["Registration"]
+    fits = schema_validator(document, schema).is_valid(body)
+    resp = await client.post("/auth/reg", json=body)
+    assert resp.status == (201 if fits else 400), await resp.text()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["general", "  general  ", "", "   ", "a", "\tx\n", "n" * 255, " " + "n" * 255, "n" * 256],
+)
+async def test_new_chat_schema_is_what_the_server_accepts(client, register, document, name):
+    alice = await register(client, "alice")
+    schema = document["components"]["schemas"]["NewChat"]
+    fits = schema_validator(document, schema).is_valid({"name": name})
+    resp = await client.post("/chats/create", json={"name": name}, headers=alice.headers)
+    assert resp.status == (201 if fits else 400), await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        (" nobody@example.com ", "x"),
+        ("nobody", "x"),
+        ("", "x"),
+        ("  ", "x"),
+        ("nobody@example.com", ""),
+        ("nobody@example.com", "p" * 129),
+        ("n" * 254, "x"),
+        ("n" * 255, "x"),
+    ],
+)
+async def test_login_schema_is_what_the_server_accepts(client, document, email, password):
+    schema = document["components"]["schemas"]["Credentials"]
+    fits = schema_validator(document, schema).is_valid({"email": email, "password": password})
+    resp = await client.post("/auth/login", json={"email": email, "password": password})
+    # Unknown account: a request that fits is refused as wrong credentials, not as invalid.
+    assert resp.status == (401 if fits else 400), await resp.text()
