@@ -14,9 +14,15 @@ from . import chats, db, openapi, realtime, users
 from .auth import public
 from .config import Config
 from .hub import Hub
-from .keys import CONFIG, DB, HUB, METRICS, SECRET, WRITER
+from .keys import CONFIG, DB, HUB, METRICS, SECRET, THROTTLE, WRITER
 from .metrics import Metrics
-from .middlewares import auth_middleware, error_middleware, metrics_middleware
+from .middlewares import (
+    auth_middleware,
+    cors_middleware,
+    error_middleware,
+    metrics_middleware,
+)
+from .throttle import LoginThrottle
 from .writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -74,12 +80,15 @@ async def close_sockets(app: web.Application) -> None:
 def create_app(config: Config | None = None) -> web.Application:
     """The ChatAPI application for `config` (defaults when None)."""
     config = config or Config()
-    middlewares = [error_middleware, auth_middleware]
+    middlewares = [cors_middleware, error_middleware, auth_middleware]
     if config.metrics:
         # Outermost, so that it times and labels the answer the client gets.
         middlewares.insert(0, metrics_middleware)
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body)
     app[CONFIG] = config
+    app[THROTTLE] = LoginThrottle(
+        config.login_failures_per_account, config.login_failures_per_address, config.login_window
+    )
     if config.metrics:
         app[METRICS] = Metrics()
     app.cleanup_ctx.append(database_ctx)
@@ -93,7 +102,8 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_post("/chats/create", chats.create_chat)
     app.router.add_get("/chats/", chats.list_chats)
     app.router.add_get("/chats", chats.list_chats)
-    app.router.add_get("/chats/messages", chats.chat_messages)
+    # No automatic HEAD: the streamed body would be written anyway.
+    app.router.add_get("/chats/messages", chats.chat_messages, allow_head=False)
     app.router.add_get("/chats/ws", realtime.chat_socket)
     app.router.add_get("/health", health)
     if config.metrics:

@@ -31,8 +31,15 @@ class Config:
     presence_interval: float = 1.0  # seconds between presence frames to a socket
     access_log: bool = True
     metrics: bool = True  # GET /metrics; off: the route does not exist
-    # Origins (e.g. "https://chat.example.com") allowed besides the server's own.
+    # Origins (e.g. "https://chat.example.com") allowed besides the server's own,
+    # for websocket handshakes and CORS.
     allowed_origins: tuple[str, ...] = ()
+    login_failures_per_account: int = 5  # within login_window, then 429
+    login_failures_per_address: int = 50
+    login_window: float = 300.0  # seconds
+    frames_per_second: float = 20.0  # sustained client frames per socket
+    frame_burst: int = 60  # client frames a socket may send at once
+    max_sockets_per_user: int = 32
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -47,7 +54,11 @@ class Config:
             raise ConfigError("heartbeat must be positive")
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ConfigError("bcrypt rounds must be between 4 and 31")
-        for name in ("max_body", "max_frame", "max_text", "outbox_limit"):
+        for name in (
+            "max_body", "max_frame", "max_text", "outbox_limit", "login_failures_per_account",
+            "login_failures_per_address", "login_window", "frames_per_second", "frame_burst",
+            "max_sockets_per_user",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
 
@@ -97,6 +108,9 @@ ENVIRONMENT = {
     "CHATAPI_ACCESS_LOG": ("access_log", parse_bool),
     "CHATAPI_METRICS": ("metrics", parse_bool),
     "CHATAPI_ALLOWED_ORIGINS": ("allowed_origins", parse_list),
+    "CHATAPI_LOGIN_FAILURES": ("login_failures_per_account", int),
+    "CHATAPI_FRAMES_PER_SECOND": ("frames_per_second", float),
+    "CHATAPI_MAX_SOCKETS_PER_USER": ("max_sockets_per_user", int),
 }
 
 

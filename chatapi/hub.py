@@ -85,7 +85,7 @@ class Connection:
     async def send_paced(self, frame: str) -> None:
         """Queue a frame, first waiting while the outbox is half full (bulk replays)."""
         await self._room.wait()
-        self.send(frame)
+        self.send(frame)  # a no-op once the socket is dropped
 
     def deliver(self, chat_id: int, message_id: int, frame: str) -> None:
         buffer = self.subscriptions.get(chat_id)
@@ -116,7 +116,10 @@ class Connection:
                     self._room.set()
                 await self.ws.send_str(frame)
         except (ConnectionError, RuntimeError):
-            pass  # the socket is closing; the handler cleans up
+            # The socket is gone: stop queueing and release a paced sender
+            # (a catch-up), so the handler gets back to its read loop and ends.
+            self.dropped = True
+            self._room.set()
 
     def _drop_as_slow(self, reason: str) -> None:
         if not self.dropped and self._metrics is not None:
@@ -186,6 +189,9 @@ class Hub:
             self._note_presence(conn, False)
             return True
         return False
+
+    def sockets_of(self, user_id: int) -> int:
+        return len(self._by_user.get(user_id, ()))
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._by_user

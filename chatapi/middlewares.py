@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from . import db
 from .auth import USER, authenticate, bearer_token
-from .keys import METRICS
+from .keys import CONFIG, METRICS
 from .metrics import UNMATCHED
 from .validation import ApiError
 
@@ -56,6 +56,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # The path only: the query string may carry a token.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, {"error": "internal error"})
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the configured origins only: such an origin is echoed, any other gets nothing."""
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and origin in request.app[CONFIG].allowed_origins
+    if allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response: web.StreamResponse = web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": "600",
+        })
+    else:
+        response = await handler(request)
+    if allowed and not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        response.headers.add("Vary", "Origin")
+    return response
 
 
 @web.middleware

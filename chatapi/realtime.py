@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from . import db
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import CONFIG, DB, HUB, METRICS, WRITER
-from .validation import ApiError, is_int
+from .validation import ApiError, is_int, is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,14 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     check_origin(request)
     user = await authenticate(request.app, request.query.get("token") or bearer_token(request))
     config = request.app[CONFIG]
+    hub = request.app[HUB]
+    if hub.sockets_of(user["id"]) >= config.max_sockets_per_user:
+        raise ApiError(429, "too many open websockets for this user", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat, max_msg_size=config.max_frame, compress=False
     )
     await ws.prepare(request)
 
-    hub = request.app[HUB]
     conn = Connection(
         ws, request.transport, user, config.outbox_limit, request.app.get(METRICS)
     )
@@ -55,9 +58,15 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     try:
         if hub.connect(conn):
             await record_presence(request.app, conn.user_id, True)
+        budget = FrameBudget(config.frames_per_second, config.frame_burst)
         async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await handle_frame(request.app, conn, msg.data)
+            if not budget.take():
+                if budget.refused > config.frame_burst:
+                    conn.close(1008, "too many frames")
+                else:
+                    conn.send(error_frame("rate limited: slow down"))
+            elif msg.type == WSMsgType.TEXT:
+                await handle_frame_safely(request.app, conn, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 conn.send(error_frame("binary frames are not supported: send JSON text frames"))
     finally:
@@ -65,6 +74,37 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
         if hub.disconnect(conn):
             await record_presence(request.app, conn.user_id, False)
     return ws
+
+
+class FrameBudget:
+    """A token bucket: `rate` frames per second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.refused = 0  # frames refused in a row
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
+
+
+async def handle_frame_safely(app: web.Application, conn: Connection, data: str) -> None:
+    """handle_frame, with a bug answered by an error frame instead of ending the socket."""
+    try:
+        await handle_frame(app, conn, data)
+    except Exception:
+        log.exception("unhandled error on a frame of user %d", conn.user_id)
+        conn.send(error_frame("internal error"))
 
 
 _presence_writes: set[asyncio.Task[None]] = set()
@@ -131,8 +171,12 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
         raise FrameError("text must not be empty or only white space")
     if len(text) > max_text:
         raise FrameError(f"text must be at most {max_text} characters")
+    if not is_utf8(text):
+        raise FrameError("text must be valid Unicode (no lone surrogates)")
     nonce = frame.get("nonce")
-    if nonce is not None and not (isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE):
+    if nonce is not None and not (
+        isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
+    ):
         raise FrameError(f"nonce must be a string of 1 to {MAX_NONCE} characters")
 
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.

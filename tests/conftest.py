@@ -54,6 +54,9 @@ def config(tmp_path) -> Config:
         bcrypt_rounds=4,
         heartbeat=5.0,
         presence_interval=3600.0,
+        # Tests send in bursts; the rate limit has its own tests.
+        frames_per_second=10_000.0,
+        frame_burst=10_000,
     )
 
 

@@ -1,0 +1,125 @@
+"""Bounded everything: frame rate, sockets per user, CORS, and sockets that vanish mid-replay."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import aiohttp
+import pytest
+from conftest import connect, create_chat, next_frame
+
+from chatapi import create_app
+from chatapi.testing import ChatServer
+
+
+async def test_a_flooding_socket_is_rate_limited_then_closed(aiohttp_client, config, register):
+    client = await aiohttp_client(create_app(config.replace(frames_per_second=1.0, frame_burst=5)))
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    for n in range(5):
+        await ws.send_json({"type": "join", "chat_id": chat, "nonce": str(n)})
+    for _ in range(5):
+        assert (await next_frame(ws))["type"] == "joined"
+    await ws.send_json({"type": "join", "chat_id": chat})
+    assert (await next_frame(ws)) == {"type": "error", "error": "rate limited: slow down"}
+    for _ in range(10):  # going on regardless
+        await ws.send_json({"type": "join", "chat_id": chat})
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type == aiohttp.WSMsgType.CLOSE:
+            break
+    assert msg.data == 1008
+
+
+async def test_sockets_per_user_are_capped(aiohttp_client, config, register):
+    client = await aiohttp_client(create_app(config.replace(max_sockets_per_user=2)))
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    first, second = await connect(client, alice), await connect(client, alice)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await connect(client, alice)
+    assert info.value.status == 429
+    assert not (await connect(client, bob)).closed  # others are not affected
+    await first.close()
+    for _ in range(100):  # the slot frees once the server has seen the close
+        try:
+            third = await connect(client, alice)
+            break
+        except aiohttp.WSServerHandshakeError:
+            await asyncio.sleep(0.02)
+    assert not third.closed and not second.closed
+
+
+async def test_cors_only_for_configured_origins(aiohttp_client, config):
+    allowed = "https://chat.example.com"
+    client = await aiohttp_client(create_app(config.replace(allowed_origins=(allowed,))))
+    ok = await client.get("/health", headers={"Origin": allowed})
+    assert ok.headers["Access-Control-Allow-Origin"] == allowed
+    other = await client.get("/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    error = await client.get("/users/me", headers={"Origin": allowed})
+    assert error.status == 401 and error.headers["Access-Control-Allow-Origin"] == allowed
+    preflight = await client.options("/chats/create", headers={
+        "Origin": allowed, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    })
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == allowed
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+
+async def test_cors_is_off_by_default(client):
+    resp = await client.get("/health", headers={"Origin": "https://chat.example.com"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_head_of_the_streamed_history_is_405(client, register):
+    user = await register(client)
+    chat = await create_chat(client, user)
+    resp = await client.head(f"/chats/messages?id={chat}", headers=user.headers)
+    assert resp.status == 405
+    assert (await client.get("/health")).status == 200  # the connection is still sound
+
+
+async def test_lone_surrogate_in_a_frame_is_an_error_frame(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_str('{"text": "bad \\ud800", "chat_id": ' + str(chat) + '}')
+    assert "Unicode" in (await next_frame(ws, "error"))["error"]
+    await ws.send_json({"text": "fine", "chat_id": chat})
+    assert (await next_frame(ws, "message"))["text"] == "fine"
+
+
+async def test_a_client_vanishing_during_a_long_catch_up_is_cleaned_up(tmp_path):
+    # The production runner: aiohttp's test server would cancel the handler for us.
+    db_path = str(tmp_path / "vanish.db")
+    server = ChatServer(db_path=db_path, bcrypt_rounds=4, outbox_limit=16)
+    async with server, aiohttp.ClientSession() as http:
+        body = {"email": "v@example.com", "username": "vanisher", "password": "password1"}
+        async with http.post(server.url + "/auth/reg", json=body) as resp:
+            token = (await resp.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(server.url + "/chats/create", json={"name": "big"},
+                             headers=headers) as resp:
+            chat = (await resp.json())["id"]
+        with sqlite3.connect(db_path) as conn:
+            conn.executemany(
+                "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, 1, ?)",
+                [(chat, "x" * 2000) for _ in range(3000)],
+            )
+        ws = await http.ws_connect(server.ws_url, params={"token": token})
+        await ws.send_json({"type": "join", "chat_id": chat, "since": 0})
+        await ws.receive(timeout=5)  # the replay has started
+        ws._response.connection.transport.abort()  # vanish without a close handshake
+
+        async def online() -> bool:
+            async with http.get(server.url + "/users/me", headers=headers) as resp:
+                return (await resp.json())["is_online"]
+
+        for _ in range(500):
+            if not await online():
+                break
+            await asyncio.sleep(0.02)
+        assert not await online()
