@@ -209,10 +209,21 @@ def schemas(config: Config) -> dict[str, Schema]:
     }
 
 
-def error_responses(config: Config) -> dict[str, Schema]:
-    def error(description: str, **extra: Any) -> Schema:
-        return {"description": description, "content": json_content(ref("Error")), **extra}
+def error(description: str, **extra: Any) -> Schema:
+    """A response with the one error body."""
+    return {"description": description, "content": json_content(ref("Error")), **extra}
 
+
+def too_many_requests(description: str) -> Schema:
+    retry_after = {
+        "description": "seconds to wait",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+    return error(description, headers={"Retry-After": retry_after})
+
+
+def error_responses(config: Config) -> dict[str, Schema]:
     return {
         "BadRequest": error(
             "The body is not a JSON object, or a field or query parameter is missing, "
@@ -224,16 +235,6 @@ def error_responses(config: Config) -> dict[str, Schema]:
         "NotFound": error("The chat does not exist."),
         "Conflict": error("The email or the username is already taken."),
         "TooLarge": error(f"The request body is over {config.max_body} bytes."),
-        "TooManyRequests": error(
-            "Too many failed attempts; try again after `Retry-After` seconds.",
-            headers={
-                "Retry-After": {
-                    "description": "seconds to wait",
-                    "required": True,
-                    "schema": {"type": "integer", "minimum": 1},
-                }
-            },
-        ),
         "MethodNotAllowed": error(
             "The path exists but not with this method (any path, any unlisted method).",
             headers={
@@ -255,7 +256,10 @@ server (and is not in the configured allow-list) is refused with 403. A request 
 a websocket handshake is answered with 400.
 
 Frames are JSON objects in text frames (binary frames are refused with an error frame;
-frames over {max_frame} bytes close the socket with 1009).
+frames over {max_frame} bytes close the socket with 1009). A socket may send
+{frames_per_second:g} frames a second on average, {frame_burst} at once: a frame over that
+budget is answered with an error frame, and a socket that keeps going is closed with 1008.
+A user may have {max_sockets_per_user} websockets open; one more is refused with 429.
 
 Client to server:
 
@@ -280,7 +284,7 @@ Server to client (clients ignore types they do not know):
   the socket stays open.
 
 Close codes: 1001 server shutting down, 1008 or 1011 too slow to keep up (more than
-{outbox_limit} frames waiting), 1009 frame too large, 4001 logged out. The server pings
+{outbox_limit} frames waiting) or too many frames, 1009 frame too large, 4001 logged out. The server pings
 every {heartbeat:g} seconds and drops peers that stop answering.
 """
 
@@ -340,12 +344,12 @@ def paths(config: Config) -> dict[str, Schema]:
                 "responses": {
                     "200": {"description": "Logged in.", "content": json_content(ref("Session"))},
                     "400": response("BadRequest"),
-                    "401": {
-                        "description": "Wrong email or password.",
-                        "content": json_content(ref("Error")),
-                    },
+                    "401": error("Wrong email or password."),
                     "413": response("TooLarge"),
-                    "429": response("TooManyRequests"),
+                    "429": too_many_requests(
+                        "Too many failed logins for this email or from this address; "
+                        "try again after `Retry-After` seconds."
+                    ),
                 },
             }
         },
@@ -411,8 +415,8 @@ def paths(config: Config) -> dict[str, Schema]:
                         "name": "id",
                         "in": "query",
                         "required": True,
-                        "description": "the chat",
-                        "schema": id_schema(),
+                        "description": "the chat: any integer, one that names no chat is a 404",
+                        "schema": {"type": "integer", "format": "int64"},
                     },
                     {
                         "name": "limit",
@@ -451,6 +455,9 @@ def paths(config: Config) -> dict[str, Schema]:
                 "summary": "The websocket: post, join and leave chats; messages and presence",
                 "description": WEBSOCKET_PROTOCOL.format(
                     max_frame=config.max_frame,
+                    frames_per_second=config.frames_per_second,
+                    frame_burst=config.frame_burst,
+                    max_sockets_per_user=config.max_sockets_per_user,
                     max_text=config.max_text,
                     outbox_limit=config.outbox_limit,
                     heartbeat=config.heartbeat,
@@ -458,15 +465,12 @@ def paths(config: Config) -> dict[str, Schema]:
                 "security": [{"bearerAuth": []}, {"queryToken": []}],
                 "responses": {
                     "101": {"description": "Switching to the websocket protocol."},
-                    "400": {
-                        "description": "Not a websocket handshake.",
-                        "content": json_content(ref("Error")),
-                    },
+                    "400": error("Not a websocket handshake."),
                     "401": response("Unauthorized"),
-                    "403": {
-                        "description": "Cross-site handshake: the Origin is not allowed.",
-                        "content": json_content(ref("Error")),
-                    },
+                    "403": error("Cross-site handshake: the Origin is not allowed."),
+                    "429": too_many_requests(
+                        f"The user already has {config.max_sockets_per_user} open websockets."
+                    ),
                 },
             }
         },
@@ -549,7 +553,9 @@ def document(config: Config) -> dict[str, Any]:
             "description": "Accounts, chats, history and live messages over a websocket. "
             "Every error is `{\"error\": str, \"details\"?: {field: reason}}`. "
             "An unknown path answers 404 and a method a path does not list answers 405 "
-            "(with `Allow`), both with that body.",
+            "(with `Allow`), both with that body. Strings must be valid Unicode: one with a "
+            "lone surrogate (e.g. `\\ud800`) is a 400. Origins in the configured allow-list "
+            "get CORS headers, and their preflight `OPTIONS` requests a 204, on every path.",
         },
         "tags": [
             {"name": "users", "description": "Accounts and tokens"},

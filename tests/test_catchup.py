@@ -67,7 +67,11 @@ async def test_reconnecting_with_since_misses_nothing_while_another_client_posts
     # One last reconnect collects the tail.
     ws_b = await connect(client, bob)
     await ws_b.send_json({"type": "join", "chat_id": chat, "since": seen[-1] if seen else 0})
-    stored = [m["id"] for m in await history(client, alice, chat)]
+    for _ in range(500):  # the last frames sent may still be on their way to the database
+        stored = [m["id"] for m in await history(client, alice, chat)]
+        if len(stored) == total:
+            break
+        await asyncio.sleep(0.02)
     assert len(stored) == total
     while len(seen) < total:
         frame = await next_frame(ws_b)

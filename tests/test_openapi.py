@@ -65,6 +65,8 @@ async def check(document: Document, resp, path: str) -> None:
     """The response is documented for its operation, with the documented body."""
     method = resp.method
     answer = documented_response(document, method, path, resp.status)
+    for name, header in answer.get("headers", {}).items():
+        assert not header.get("required") or name in resp.headers, f"{name} missing"
     content = answer.get("content")
     if content is None:
         assert await resp.read() == b"", f"{method} {path} {resp.status} has no body documented"
@@ -170,6 +172,26 @@ async def test_real_errors_match_the_documented_schemas(client, register, config
     await check(document, await client.get("/chats/ws"), "/chats/ws")  # 401
     cross_site = {"Origin": "https://evil.example"}
     await check(document, await client.get("/chats/ws", headers=cross_site), "/chats/ws")  # 403
+
+
+async def test_limits_answer_as_documented(aiohttp_client, config, register):
+    limited = config.replace(login_failures_per_account=1, max_sockets_per_user=1)
+    client = await aiohttp_client(create_app(limited))
+    alice = await register(client, "alice")
+    document = await fetch_document(client)
+    wrong = {"email": alice["email"], "password": "wrong password"}
+    await check(document, await client.post("/auth/login", json=wrong), "/auth/login")  # 401
+    throttled = await client.post("/auth/login", json=wrong)
+    assert throttled.status == 429
+    await check(document, throttled, "/auth/login")
+    assert int(throttled.headers["Retry-After"]) >= 1
+
+    ws = await connect(client, alice)
+    await ws.send_json({"type": "join", "chat_id": await create_chat(client, alice)})
+    await next_frame(ws, "joined")
+    one_too_many = await client.get("/chats/ws", params={"token": alice["token"]})
+    assert one_too_many.status == 429
+    await check(document, one_too_many, "/chats/ws")
 
 
 async def test_the_password_hash_is_documented_only_when_exposed(aiohttp_client, config, register):
