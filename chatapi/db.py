@@ -54,6 +54,15 @@ class Database:
                 raise
             await self.writer.commit()
 
+    async def read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Run a query on the read connection and fetch every row in one step.
+
+        A statement left open between awaits would hold the read connection's
+        snapshot for every other query on it; under load one always is, and
+        reads would keep seeing an old database.
+        """
+        return list(await self.reader.execute_fetchall(sql, params))
+
     async def close(self) -> None:
         if self.reader is not self.writer:
             await self.reader.close()
@@ -96,8 +105,7 @@ async def open_database(path: str) -> Database:
 
 
 async def ping(db: Database) -> None:
-    async with db.reader.execute("SELECT 1") as cursor:
-        await cursor.fetchone()
+    await db.read("SELECT 1")
 
 
 async def get_or_create_secret(db: Database, candidate: str) -> str:
@@ -137,26 +145,17 @@ async def create_user(
 
 
 async def user_by_email(db: Database, email: str) -> dict[str, Any] | None:
-    async with db.reader.execute(
-        f"""SELECT {_USER_COLUMNS} FROM users WHERE email = ?""", (email,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return dict(row) if row else None
+    rows = await db.read(f"""SELECT {_USER_COLUMNS} FROM users WHERE email = ?""", (email,))
+    return dict(rows[0]) if rows else None
 
 
 async def user_by_id(db: Database, user_id: int) -> dict[str, Any] | None:
-    async with db.reader.execute(
-        f"""SELECT {_USER_COLUMNS} FROM users WHERE id = ?""", (user_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return dict(row) if row else None
+    rows = await db.read(f"""SELECT {_USER_COLUMNS} FROM users WHERE id = ?""", (user_id,))
+    return dict(rows[0]) if rows else None
 
 
 async def list_users(db: Database) -> list[dict[str, Any]]:
-    async with db.reader.execute(
-        f"""SELECT {_USER_COLUMNS} FROM users ORDER BY id"""
-    ) as cursor:
-        return [dict(row) for row in await cursor.fetchall()]
+    return [dict(row) for row in await db.read(f"""SELECT {_USER_COLUMNS} FROM users ORDER BY id""")]
 
 
 async def revoke_tokens(db: Database, user_id: int) -> None:
@@ -207,15 +206,12 @@ async def create_chat(db: Database, name: str, owner_id: int) -> dict[str, Any]:
 
 
 async def list_chats(db: Database) -> list[dict[str, Any]]:
-    async with db.reader.execute(
-        """SELECT id, name, owner_id, created_at FROM chats ORDER BY id"""
-    ) as cursor:
-        return [dict(row) for row in await cursor.fetchall()]
+    rows = await db.read("""SELECT id, name, owner_id, created_at FROM chats ORDER BY id""")
+    return [dict(row) for row in rows]
 
 
 async def chat_exists(db: Database, chat_id: int) -> bool:
-    async with db.reader.execute("""SELECT 1 FROM chats WHERE id = ?""", (chat_id,)) as cursor:
-        return await cursor.fetchone() is not None
+    return bool(await db.read("""SELECT 1 FROM chats WHERE id = ?""", (chat_id,)))
 
 
 # Messages
@@ -243,15 +239,14 @@ async def chat_messages(
     """
     before = MAX_ID if before is None else before
     if limit is not None and after is None:
-        async with db.reader.execute(
+        rows = await db.read(
             f"""SELECT * FROM (
                     SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
                     WHERE m.chat_id = ? AND m.id < ?
                     ORDER BY m.id DESC LIMIT ?)
                 ORDER BY id""",
             (chat_id, before, limit),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         for row in rows:
             yield dict(row)
         return
@@ -259,13 +254,12 @@ async def chat_messages(
     remaining = -1 if limit is None else limit
     while remaining != 0:
         page = PAGE if remaining < 0 else min(PAGE, remaining)
-        async with db.reader.execute(
+        rows = await db.read(
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
                 WHERE m.chat_id = ? AND m.id > ? AND m.id < ?
                 ORDER BY m.id LIMIT ?""",
             (chat_id, last, before, page),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         for row in rows:
             yield dict(row)
         if len(rows) < page:
