@@ -56,6 +56,8 @@ class Connection:
         self.username: str = user["username"]
         # chat id -> None when live, or the (message id, frame) buffered during a catch-up
         self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
+        # chat id -> the last message id a catch-up sent: older ones are not sent again
+        self.floors: dict[int, int] = {}
         self.dropped = False
         self._limit = limit
         self._metrics = metrics
@@ -90,17 +92,26 @@ class Connection:
     def deliver(self, chat_id: int, message_id: int, frame: str) -> None:
         buffer = self.subscriptions.get(chat_id)
         if buffer is None:
-            self.send(frame)
+            if message_id > self.floors.get(chat_id, 0):
+                self.send(frame)
         elif len(buffer) >= self._limit:
             self._drop_as_slow("too slow: could not catch up")
         else:
             buffer.append((message_id, frame))
 
-    def go_live(self, chat_id: int) -> list[tuple[int, str]]:
-        """End a catch-up: return what was buffered; later messages are sent directly."""
+    def go_live(self, chat_id: int, last_sent: int) -> None:
+        """End a catch-up that sent messages up to `last_sent`: send what was
+        buffered after it, then deliver directly, skipping ids up to it.
+
+        A message committed before the catch-up read but published after this
+        point was already replayed; the floor keeps it from arriving twice.
+        """
         buffered = self.subscriptions.get(chat_id) or []
         self.subscriptions[chat_id] = None
-        return buffered
+        self.floors[chat_id] = last_sent
+        for message_id, frame in buffered:
+            if message_id > last_sent:
+                self.send(frame)
 
     async def pump(self) -> None:
         """The one writer of this socket."""
@@ -234,6 +245,7 @@ class Hub:
 
     def unsubscribe(self, chat_id: int, conn: Connection) -> None:
         conn.subscriptions.pop(chat_id, None)
+        conn.floors.pop(chat_id, None)
         subscribers = self._subscribers.get(chat_id)
         if subscribers is not None:
             subscribers.discard(conn)

@@ -206,7 +206,9 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     else:
         # Subscribe (buffering) before reading: every message committed after the
         # read's snapshot is published after this point, so it lands in the
-        # buffer; one in both the read and the buffer is dropped by its id.
+        # buffer. One that is in the read as well (committed before the read,
+        # published after the subscribe, possibly even after go_live) is
+        # dropped by its id: go_live sets a floor of the last id replayed.
         hub.subscribe(chat_id, conn, catch_up=True)
         last_sent = since
         async for message in db.chat_messages(app[DB], chat_id, after=since):
@@ -214,9 +216,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
             if conn.dropped:
                 return
             last_sent = message["id"]
-        for message_id, buffered in conn.go_live(chat_id):
-            if message_id > last_sent:
-                conn.send(buffered)
+        conn.go_live(chat_id, last_sent)
     conn.send(json.dumps({"type": "joined", "chat_id": chat_id}))
 
 

@@ -1,0 +1,228 @@
+"""Scenario 1, fan-out: one chat, N subscribers, one sender at a fixed rate.
+
+Both servers run side by side, each with its N subscribers connected, and the
+measurement windows alternate between them (bare, ChatAPI, bare, ChatAPI, ...), so
+that a burst of other people's load on this shared machine does not favour one.
+Every figure is the best window of each side (noise only ever makes a window worse).
+
+Against ChatAPI every subscriber socket joins chat 1 (`{"type": "join"}`); the subscriber
+sockets belong to users of 32 sockets each (ChatAPI's per-user socket limit); against the
+bare broadcast server every connected socket is a subscriber. The sender is subscribed
+too (ChatAPI subscribes a socket to the chat it posts in), so each message is delivered
+N + 1 times by both servers. Per delivered frame: server CPU (all threads, from
+/proc/<pid>/task/*/schedstat) over the window; latency from the send to the arrival at
+the generator of every copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+from . import profiler
+from .common import (
+    HOST,
+    SOCKETS_PER_USER,
+    Meter,
+    Outcome,
+    Row,
+    Server,
+    baseline_server,
+    chatapi_server,
+    create_database,
+    percentile,
+    sleep_until,
+    temp_dir,
+    token,
+    users_for,
+)
+from .wsclient import WSClient, abort_all, connect, connect_many
+
+PADDING = "x" * 60  # a message of about 70 characters
+
+
+def frame(seq: int) -> bytes:
+    return json.dumps({"chat_id": 1, "text": f"bench#{seq}# {PADDING}"}).encode()
+
+
+@dataclass
+class Side:
+    """One server with its subscribers and sender."""
+
+    kind: str
+    server: Server
+    sent: dict[int, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    delivered: int = 0
+    expected: int = 0
+    joined: int = 0
+    seq: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    clients: list[WSClient] = field(default_factory=list)
+    sender: WSClient | None = None
+    setup_s: float = 0.0
+
+    def on_frame(self, client: WSClient, payload: bytes, now: float) -> None:
+        i = payload.find(b"bench#")
+        if i < 0:
+            if b'"joined"' in payload:
+                self.joined += 1
+            return
+        sent = self.sent.get(int(payload[i + 6 : payload.find(b"#", i + 6)]))
+        if sent is None:
+            return  # a warm-up message, or one of an earlier window
+        self.latencies.append(now - sent)
+        self.delivered += 1
+        if self.delivered >= self.expected:
+            self.done.set()
+
+    async def setup(self, n: int) -> None:
+        t = time.perf_counter()
+        if self.kind == "chatapi":
+            # user 1 sends; users 2, 3, ... hold SOCKETS_PER_USER subscriber sockets each
+            sub_paths = [f"/chats/ws?token={token(2 + i // SOCKETS_PER_USER)}" for i in range(n)]
+            send_path = f"/chats/ws?token={token(1)}"
+        else:
+            sub_paths = ["/ws"] * n
+            send_path = "/ws"
+        subscribers = await connect_many(HOST, self.server.port, sub_paths, self.on_frame)
+        self.clients = subscribers
+        self.sender = await connect(HOST, self.server.port, send_path, self.on_frame)
+        self.clients.append(self.sender)
+        if self.kind == "chatapi":
+            join = json.dumps({"type": "join", "chat_id": 1}).encode()
+            for client in subscribers:
+                client.send_text(join)
+            deadline = time.perf_counter() + 60
+            while self.joined < n and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            if self.joined < n:
+                raise RuntimeError(f"only {self.joined} of {n} subscribers joined")
+        self.setup_s = time.perf_counter() - t
+
+    async def warm_up(self) -> None:
+        # The sender becomes a subscriber; first-use costs are paid.
+        assert self.sender is not None
+        for seq in (-1, -2, -3):
+            self.sender.send_text(frame(seq))
+            await asyncio.sleep(0.2)
+
+    async def window(self, n: int, rate: float, seconds: float, name: str) -> dict:
+        assert self.sender is not None
+        messages = max(1, round(rate * seconds))
+        self.sent.clear()
+        self.latencies = []
+        self.delivered = 0
+        self.expected = messages * (n + 1)
+        self.done.clear()
+        first = self.seq
+        self.seq += messages
+        with profiler.profile(self.server.pid, name):
+            meter = Meter(self.server)
+            start = time.perf_counter()
+            for k in range(messages):
+                await sleep_until(start + k / rate)
+                self.sent[first + k] = time.perf_counter()
+                self.sender.send_text(frame(first + k))
+            try:
+                await asyncio.wait_for(self.done.wait(), timeout=10)
+            except TimeoutError:
+                pass
+            meter.stop()
+        return {
+            "messages": messages,
+            "delivered": self.delivered,
+            "expected": self.expected,
+            "closed_sockets": sum(1 for c in self.clients if c.close_code is not None),
+            "cpu_per_frame_us": 1e6 * meter.server_cpu / max(1, self.delivered),
+            "p50_ms": 1e3 * percentile(self.latencies, 50),
+            "p99_ms": 1e3 * percentile(self.latencies, 99),
+            **meter.as_dict(),
+        }
+
+
+def best(windows: list[dict], key: str) -> dict:
+    return min(windows, key=lambda w: w[key])
+
+
+async def point(n: int, rate: float, seconds: float, rounds: int) -> dict[str, list[dict]]:
+    with temp_dir("bench-fanout-") as d:
+        db = str(d / "chat.db")
+        create_database(db, users=1 + users_for(n), chats=1).close()
+        with baseline_server("broadcast") as bare, chatapi_server(db) as ours:
+            sides = [Side("bare", bare), Side("chatapi", ours)]
+            try:
+                for side in sides:
+                    await side.setup(n)
+                    await side.warm_up()
+                await asyncio.sleep(1.0)
+                windows: dict[str, list[dict]] = {side.kind: [] for side in sides}
+                for r in range(rounds):
+                    for side in sides:
+                        name = f"fanout-{side.kind}-{n}"
+                        w = await side.window(n, rate, seconds, name if r == 0 else name + f"-{r}")
+                        w["setup_s"] = side.setup_s
+                        windows[side.kind].append(w)
+                        print(
+                            f"  fanout N={n} {side.kind:7s}: {w['cpu_per_frame_us']:5.1f} µs/frame,"
+                            f" p50 {w['p50_ms']:6.1f} ms, p99 {w['p99_ms']:6.1f} ms, "
+                            f"{w['delivered']}/{w['expected']} delivered; server "
+                            f"{w['server_util']:.0%}, generator {w['generator_util']:.0%}, "
+                            f"others {w['other_load']:.2f} cores",
+                            flush=True,
+                        )
+                return windows
+            finally:
+                for side in sides:
+                    abort_all(side.clients)
+
+
+async def run(quick: bool = False) -> Outcome:
+    out = Outcome("fanout")
+    plan = [(100, 50.0, 3.0), (1000, 10.0, 3.0), (5000, 2.0, 4.0)]
+    rounds = 3
+    if quick:
+        plan = [(100, 50.0, 2.0), (1000, 10.0, 2.0)]
+        rounds = 1
+        out.notes.append("quick run: N=5000 skipped, one 2 s window per side")
+    for n, rate, seconds in plan:
+        windows = await point(n, rate, seconds, rounds)
+        out.raw[f"n{n}"] = windows
+        label = f"1. fan-out N={n}, {rate:g} msg/s"
+        for metric, key, unit, target, limit, sensitive in (
+            ("server CPU per delivered frame", "cpu_per_frame_us", "µs", "≤ 1.15×", 1.15, False),
+            ("p99 delivery latency", "p99_ms", "ms", "≤ 1.2×", 1.2, True),
+        ):
+            ours, bare = best(windows["chatapi"], key), best(windows["bare"], key)
+            notes = [
+                f"{kind}: only {w['delivered']} of {w['expected']} frames arrived"
+                for kind, ws in windows.items()
+                for w in ws
+                if w["delivered"] < w["expected"]
+            ]
+            ratio = ours[key] / bare[key]
+            # A burst of N frames leaves the server as fast as it can write them and is
+            # drained by the generator as fast as it can read them; when the generator
+            # spends as much CPU per message as the server, the latency is its draining.
+            limited = [
+                kind for kind, w in (("ChatAPI", ours), ("bare", bare))
+                if sensitive and w["generator_cpu_s"] >= w["server_cpu_s"]
+            ]
+            if limited:
+                notes.append(
+                    f"latency of {' and '.join(limited)} measured while the generator used as "
+                    "much CPU per message as the server: it drains each burst no faster than "
+                    "the server sends it, so that latency is partly the generator's"
+                )
+            out.rows.append(Row(
+                label, metric, ours[key], bare[key], ratio, target, ratio <= limit, unit=unit,
+                baseline_name="bare broadcast",
+                server_util=ours["server_util"], generator_util=ours["generator_util"],
+                baseline_server_util=bare["server_util"],
+                baseline_generator_util=bare["generator_util"],
+                other_load=max(ours["other_load"], bare["other_load"]),
+                sensitive=sensitive, notes=notes, generator_limited=bool(limited),
+            ))
+    return out
