@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
 from aiohttp import web
 
@@ -41,7 +39,7 @@ async def chat_messages(request: web.Request) -> web.StreamResponse:
     database = request.app[DB]
     if not 1 <= chat_id <= db.MAX_ID or not await db.chat_exists(database, chat_id):
         raise ApiError(404, f"chat {chat_id} does not exist")
-    rows = db.chat_messages(database, chat_id, limit=limit, before=before, after=after)
+    rows = db.chat_messages_json(database, chat_id, limit=limit, before=before, after=after)
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
     try:
@@ -52,19 +50,16 @@ async def chat_messages(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def write_json_array(
-    response: web.StreamResponse, rows: AsyncIterator[dict[str, Any]]
-) -> None:
-    separator = b"["
+async def write_json_array(response: web.StreamResponse, items: AsyncIterator[str]) -> None:
+    """Stream JSON texts as one array, in chunks."""
+    separator = "["
     chunk = []
-    async for row in rows:
-        if row["nonce"] is None:
-            del row["nonce"]
-        chunk.append(separator + json.dumps(row, ensure_ascii=False).encode())
-        separator = b","
-        if len(chunk) >= 200:
-            await response.write(b"".join(chunk))
+    async for item in items:
+        chunk.append(separator + item)
+        separator = ","
+        if len(chunk) >= 500:
+            await response.write("".join(chunk).encode())
             chunk.clear()
-    chunk.append(b"]" if separator == b"," else b"[]")
-    await response.write(b"".join(chunk))
+    chunk.append("]" if separator == "," else "[]")
+    await response.write("".join(chunk).encode())
     await response.write_eof()

@@ -104,10 +104,8 @@ async def export_chat(config: Config, chat_id: int) -> None:
     try:
         if not await db.chat_exists(database, chat_id):
             raise CommandError(f"chat {chat_id} does not exist")
-        async for message in db.chat_messages(database, chat_id):
-            if message["nonce"] is None:
-                del message["nonce"]
-            sys.stdout.write(json.dumps(message, ensure_ascii=False) + "\n")
+        async for message in db.chat_messages_json(database, chat_id):
+            sys.stdout.write(message + "\n")
     finally:
         await database.close()
 

@@ -222,6 +222,17 @@ _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.
 PAGE = 500
 
 
+# One message as the JSON text of the history, built by SQLite: serialising in
+# Python costs more than the query (`nonce` only when the sender gave one).
+_MESSAGE_JSON = """m.id AS id, CASE WHEN m.nonce IS NULL
+    THEN json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
+                     'username', u.username, 'text', m.text, 'created_at', m.created_at)
+    ELSE json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
+                     'username', u.username, 'text', m.text, 'nonce', m.nonce,
+                     'created_at', m.created_at)
+    END AS json"""
+
+
 async def chat_messages(
     db: Database,
     chat_id: int,
@@ -230,38 +241,62 @@ async def chat_messages(
     before: int | None = None,
     after: int | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Messages of a chat, oldest first, read page by page.
+    """Messages of a chat as dicts, oldest first (see _message_pages for the paging)."""
+    async for rows in _message_pages(db, chat_id, _MESSAGE_COLUMNS, limit, before, after):
+        for row in rows:
+            yield dict(row)
+
+
+async def chat_messages_json(
+    db: Database,
+    chat_id: int,
+    *,
+    limit: int | None = None,
+    before: int | None = None,
+    after: int | None = None,
+) -> AsyncIterator[str]:
+    """The same messages, each as its JSON text."""
+    async for rows in _message_pages(db, chat_id, _MESSAGE_JSON, limit, before, after):
+        for row in rows:
+            yield row["json"]
+
+
+async def _message_pages(
+    db: Database,
+    chat_id: int,
+    columns: str,
+    limit: int | None,
+    before: int | None,
+    after: int | None,
+) -> AsyncIterator[list[sqlite3.Row]]:
+    """Rows of a chat's messages, oldest first, a page at a time.
 
     `limit` without `after` means the newest `limit` (below `before` if given);
     with `after`, the oldest `limit` above it. Each page is fetched whole, so
-    no statement stays open while the caller awaits: an open statement would
-    pin the shared read connection to an old snapshot.
+    no statement stays open while the caller awaits.
     """
     before = MAX_ID if before is None else before
     if limit is not None and after is None:
-        rows = await db.read(
+        yield await db.read(
             f"""SELECT * FROM (
-                    SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                    SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
                     WHERE m.chat_id = ? AND m.id < ?
                     ORDER BY m.id DESC LIMIT ?)
                 ORDER BY id""",
             (chat_id, before, limit),
         )
-        for row in rows:
-            yield dict(row)
         return
     last = 0 if after is None else after
     remaining = -1 if limit is None else limit
     while remaining != 0:
         page = PAGE if remaining < 0 else min(PAGE, remaining)
         rows = await db.read(
-            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+            f"""SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
                 WHERE m.chat_id = ? AND m.id > ? AND m.id < ?
                 ORDER BY m.id LIMIT ?""",
             (chat_id, last, before, page),
         )
-        for row in rows:
-            yield dict(row)
+        yield rows
         if len(rows) < page:
             return
         last = rows[-1]["id"]

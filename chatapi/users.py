@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -42,9 +46,25 @@ def user_json(user: dict[str, Any], expose_hash: bool = False) -> dict[str, Any]
     return body
 
 
+def _lower_priority() -> None:
+    # A hash may wait; the event loop (and the database thread) should not.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+@functools.cache
+def bcrypt_pool() -> ThreadPoolExecutor:
+    """Threads for bcrypt: one per usable core, at a lower priority than the event loop."""
+    return ThreadPoolExecutor(
+        max_workers=len(os.sched_getaffinity(0)),
+        thread_name_prefix="chatapi-bcrypt",
+        initializer=_lower_priority,
+    )
+
+
 async def in_executor(func: Any, *args: Any) -> Any:
     """Run CPU-heavy work (bcrypt) off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+    return await asyncio.get_running_loop().run_in_executor(bcrypt_pool(), func, *args)
 
 
 def auth_json(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
