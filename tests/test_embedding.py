@@ -209,3 +209,12 @@ async def test_export_writes_json_lines_in_order(tmp_path):
     assert [m["text"] for m in lines] == ["first", "second", "third ü"]
     missing = run_cli("--db", str(tmp_path / "e.db"), "export", "--chat", "99")
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_the_plugin_imports_nothing_heavy():
+    code = ("import sys, chatapi.pytest_plugin; "
+            "heavy = [m for m in ('aiohttp', 'aiosqlite', 'bcrypt', 'jwt', 'chatapi.app') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
