@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -44,6 +45,32 @@ async def health(request: web.Request) -> web.Response:
 async def metrics_page(request: web.Request) -> web.Response:
     body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+_STATIC_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+# Same origin only: the page talks to this server (HTTP and websocket) and nothing else.
+_PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+@public
+async def index_page(request: web.Request) -> web.StreamResponse:
+    """The web client: one page over the public API."""
+    headers = {**_STATIC_HEADERS, "Content-Security-Policy": _PAGE_POLICY}
+    return web.FileResponse(STATIC_DIR / "index.html", headers=headers)
+
+
+@public
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file of the web client (one path segment, no dot files: no way out of the folder)."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers=_STATIC_HEADERS)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -109,4 +136,6 @@ def create_app(config: Config | None = None) -> web.Application:
     if config.metrics:
         app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/openapi.json", openapi.openapi_json)
+    app.router.add_get("/", index_page)
+    app.router.add_get("/static/{name:[A-Za-z0-9_][A-Za-z0-9_.-]*}", static_file)
     return app

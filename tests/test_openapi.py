@@ -32,11 +32,14 @@ def operations(document: Document) -> set[tuple[str, str]]:
 
 
 def routes(app) -> set[tuple[str, str]]:
-    # aiohttp adds a HEAD route for every GET by itself.
+    # aiohttp adds a HEAD route for every GET by itself; the web page (/ and its
+    # /static/ files) is not part of the API the document describes.
     return {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
         if route.method != "HEAD"
+        and route.resource.canonical != "/"
+        and not route.resource.canonical.startswith("/static/")
     }
 
 
