@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -35,11 +35,49 @@ def error_frame(error: str, **extra: Any) -> str:
     return json.dumps({"type": "error", "error": error, **extra}, ensure_ascii=False)
 
 
+def _utf8(frame: str) -> bytes:
+    """`frame` encoded, once per fan-out: every subscriber gets the same str object."""
+    global _last_frame, _last_bytes
+    if frame is not _last_frame:
+        _last_frame, _last_bytes = frame, frame.encode()
+    return _last_bytes
+
+
+_last_frame: str | None = None
+_last_bytes = b""
+
+
+def _write_now(ws: web.WebSocketResponse, frame: str) -> bool:
+    """Write `frame` as a text frame without awaiting, if the socket takes it now.
+
+    False (nothing written; the caller queues the frame) unless the socket is open,
+    uncompressed, and its transport's write buffer is below its high-water mark.
+    aiohttp (3.14) has no public synchronous send (`send_str` is a coroutine), so
+    this uses the private `WebSocketWriter._write_websocket_frame`, the synchronous
+    part of `send_frame` for an uncompressed frame; should aiohttp drop or change
+    it, every frame takes the queued path through `send_str` instead.
+    """
+    writer = getattr(ws, "_writer", None)
+    write = getattr(writer, "_write_websocket_frame", None)
+    if write is None or writer.compress or writer._closing:
+        return False
+    transport = writer.transport
+    if transport is None or transport.is_closing():
+        return False
+    if transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]:
+        return False
+    write(_utf8(frame), WSMsgType.TEXT, 0)
+    return True
+
+
 class Connection:
     """One open websocket: its user, its subscriptions and its bounded outbox.
 
-    Only `pump` writes to the socket, so a slow peer stalls nothing but its own
-    pump; once `limit` frames are waiting, the socket is dropped.
+    A frame is written at once when nothing is queued for the socket and its
+    transport takes it without piling up; otherwise it is queued, and a pump task
+    writes the queue, awaiting the peer, until it is empty. So a slow peer stalls
+    nothing but its own pump, frames keep their order (none goes straight out while
+    an older one waits), and once `limit` frames are waiting the socket is dropped.
     """
 
     def __init__(
@@ -61,32 +99,45 @@ class Connection:
         self.dropped = False
         self._limit = limit
         self._metrics = metrics
-        self._frames: deque[str] = deque()
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._pump: asyncio.Task[None] | None = None
+        # Created when first needed: most sockets never queue a frame nor pace one.
+        self._frames: deque[str] | None = None
+        self._room: asyncio.Event | None = None  # set when the outbox is below half full
+        self._pump: asyncio.Task[None] | None = None  # running only while frames are queued
         self._closing: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._pump = asyncio.create_task(self.pump())
+        """Nothing to start: a pump task runs only while frames are queued."""
 
     def send(self, frame: str) -> None:
-        """Queue a frame without waiting; a full outbox drops the socket (1008)."""
+        """Send a frame without waiting: at once, or queued behind the frames
+        already waiting; a full outbox drops the socket (1008)."""
         if self.dropped:
             return
-        if len(self._frames) >= self._limit:
+        frames = self._frames
+        if not frames:
+            try:
+                if _write_now(self.ws, frame):
+                    return
+            except (ConnectionError, RuntimeError):
+                self._lost()
+                return
+            if frames is None:
+                frames = self._frames = deque()
+        if len(frames) >= self._limit:
             log.info("dropping socket of user %d: %d frames unsent", self.user_id, self._limit)
             self._drop_as_slow("too slow: outgoing frames piled up")
             return
-        self._frames.append(frame)
-        self._ready.set()
-        if len(self._frames) >= self._limit // 2:
-            self._room.clear()
+        frames.append(frame)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self.pump())
 
     async def send_paced(self, frame: str) -> None:
-        """Queue a frame, first waiting while the outbox is half full (bulk replays)."""
-        await self._room.wait()
+        """Send a frame, first waiting while the outbox is half full (bulk replays)."""
+        while not self.dropped and self._frames and len(self._frames) >= self._limit // 2:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
         self.send(frame)  # a no-op once the socket is dropped
 
     def deliver(self, chat_id: int, message_id: int, frame: str) -> None:
@@ -114,22 +165,25 @@ class Connection:
                 self.send(frame)
 
     async def pump(self) -> None:
-        """The one writer of this socket."""
+        """Write the queued frames in order, awaiting the peer; ends once none is left."""
+        frames = self._frames
         try:
-            while True:
-                while not self._frames:
-                    self._ready.clear()
-                    await self._ready.wait()
-                if self.dropped:
-                    return
-                frame = self._frames.popleft()
-                if len(self._frames) < self._limit // 2:
+            while frames and not self.dropped:
+                frame = frames.popleft()
+                if self._room is not None and len(frames) < self._limit // 2:
                     self._room.set()
                 await self.ws.send_str(frame)
         except (ConnectionError, RuntimeError):
-            # The socket is gone: stop queueing and release a paced sender
-            # (a catch-up), so the handler gets back to its read loop and ends.
-            self.dropped = True
+            self._lost()
+        finally:
+            if self._room is not None:
+                self._room.set()  # a paced sender re-checks the outbox
+
+    def _lost(self) -> None:
+        # The socket is gone: stop queueing and release a paced sender
+        # (a catch-up), so the handler gets back to its read loop and ends.
+        self.dropped = True
+        if self._room is not None:
             self._room.set()
 
     def _drop_as_slow(self, reason: str) -> None:
@@ -141,7 +195,8 @@ class Connection:
         """Close the socket with `code` (once); cut it if the peer does not answer."""
         if self._closing is None:
             self.dropped = True
-            self._room.set()  # release a paced sender
+            if self._room is not None:
+                self._room.set()  # release a paced sender
             self._closing = asyncio.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:

@@ -62,7 +62,8 @@ frames = (
 
 @pytest.fixture(scope="module")
 def server():
-    with ChatServer(bcrypt_rounds=4, access_log=False) as server:
+    # No presence frames: each example expects the answer to its own frame.
+    with ChatServer(bcrypt_rounds=4, access_log=False, presence_interval=3600.0) as server:
         body = json.dumps({"email": "f@example.com", "username": "fuzzer", "password": "password1"})
         request = urllib.request.Request(server.url + "/auth/reg", data=body.encode(), method="POST")
         with urllib.request.urlopen(request) as resp:
