@@ -105,9 +105,6 @@ class Connection:
         self._pump: asyncio.Task[None] | None = None  # running only while frames are queued
         self._closing: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Nothing to start: a pump task runs only while frames are queued."""
-
     def send(self, frame: str) -> None:
         """Send a frame without waiting: at once, or queued behind the frames
         already waiting; a full outbox drops the socket (1008)."""
@@ -180,7 +177,7 @@ class Connection:
                 self._room.set()  # a paced sender re-checks the outbox
 
     def _lost(self) -> None:
-        # The socket is gone: stop queueing and release a paced sender
+        # The socket is gone or going: stop queueing and release a paced sender
         # (a catch-up), so the handler gets back to its read loop and ends.
         self.dropped = True
         if self._room is not None:
@@ -194,9 +191,7 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         """Close the socket with `code` (once); cut it if the peer does not answer."""
         if self._closing is None:
-            self.dropped = True
-            if self._room is not None:
-                self._room.set()  # release a paced sender
+            self._lost()
             self._closing = asyncio.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:

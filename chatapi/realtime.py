@@ -54,7 +54,6 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     conn = Connection(
         ws, request.transport, user, config.outbox_limit, request.app.get(METRICS)
     )
-    conn.start()
     try:
         if hub.connect(conn):
             await record_presence(request.app, conn.user_id, True)
