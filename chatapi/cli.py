@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import __version__, db, security, users
 from .app import create_app
-from .config import Config, ConfigError, from_env
+from .config import Config, ConfigError, from_env, shown_db
 from .middlewares import RedactingAccessLogger
 from .validation import ApiError
 
@@ -36,7 +36,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port", type=int, help="port to listen on, 0 for any free one (CHATAPI_PORT, default 8080)"
     )
-    db_help = "SQLite database file (CHATAPI_DB, default ./chatapi.db; ':memory:' for none)"
+    db_help = (
+        "SQLite database file, or a postgresql://user:password@host:port/dbname URL "
+        "(CHATAPI_DB, default ./chatapi.db; ':memory:' for none)"
+    )
     p.add_argument("--db", dest="db_path", help=db_help)
     p.add_argument("--version", action="version", version=f"chatapi {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -133,7 +136,7 @@ async def serve(config: Config) -> None:
         host, port = runner.addresses[0][:2]
         # The first line on stdout is the bound URL (useful with --port 0).
         print(f"http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
-        log.info("serving on %s:%d, database %s", host, port, config.db_path)
+        log.info("serving on %s:%d, database %s", host, port, shown_db(config.db_path))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -163,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"chatapi: bad setting: {exc}")
     except CommandError as exc:
         sys.exit(f"chatapi: {exc}")
+    except db.Unavailable as exc:
+        sys.exit(f"chatapi: cannot start: CHATAPI_DB/--db: {exc}")
     except (OSError, sqlite3.Error) as exc:
         sys.exit(f"chatapi: cannot start: {exc}")
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,8 @@ class Config:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not self.db_path:
             raise ConfigError("database path must not be empty")
+        if self.db_path.startswith(("postgresql:", "postgres:")):
+            check_postgres_url(self.db_path)
         if self.secret is not None and len(self.secret.encode()) < 32:
             raise ConfigError("CHATAPI_SECRET must be at least 32 bytes long")
         if self.token_ttl <= 0:
@@ -65,6 +68,28 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_postgres_url(url: str) -> None:
+    """ConfigError (never echoing the password) unless `url` is a usable PostgreSQL URL."""
+    setting = "CHATAPI_DB/--db"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError as exc:
+        raise ConfigError(f"{setting} is not a valid PostgreSQL URL: {exc}") from None
+    if parts.scheme not in ("postgresql", "postgres") or not url.startswith(parts.scheme + "://"):
+        raise ConfigError(f"{setting} must look like postgresql://user:password@host:port/dbname")
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{setting} names no database: postgresql://user:password@host:port/dbname")
+
+
+def shown_db(location: str) -> str:
+    """The database setting as it may be logged: a URL's password replaced by ***."""
+    parts = urlsplit(location) if "://" in location else None
+    if parts is None or not parts.password:
+        return location
+    return location.replace(f":{parts.password}@", ":***@", 1)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,8 +1,7 @@
-"""Live fan-out: open sockets, their subscriptions, and presence.
+"""Live fan-out: this process's open sockets, their subscriptions, and presence.
 
-`Hub.publish` is the seam for running several processes later: there it would
-go through the database's notifications; each process would still deliver to
-its own sockets exactly as `_fan_out` does here.
+Messages reach `Hub.publish` through the bus (chatapi/bus.py), which decides
+whether they come straight from this process's writer or from the database.
 """
 
 from __future__ import annotations
@@ -92,6 +91,7 @@ class Connection:
         self.transport = transport
         self.user_id: int = user["id"]
         self.username: str = user["username"]
+        self.token_version: int = user.get("token_version", 0)
         # chat id -> None when live, or the (message id, frame) buffered during a catch-up
         self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
         # chat id -> the last message id a catch-up sent: older ones are not sent again
@@ -260,11 +260,19 @@ class Hub:
     def online_count(self) -> int:
         return len(self._by_user)
 
+    def online_users(self) -> list[int]:
+        """Users with a socket on this process."""
+        return list(self._by_user)
+
     def _note_presence(self, conn: Connection, online: bool) -> None:
+        self.note_presence(conn.user_id, conn.username, online)
+
+    def note_presence(self, user_id: int, username: str, online: bool) -> None:
+        """Queue a presence change for the next presence frame."""
         # The latest state wins: a user who flaps within one interval is listed once.
-        self._presence_changes[conn.user_id] = {
-            "user_id": conn.user_id,
-            "username": conn.username,
+        self._presence_changes[user_id] = {
+            "user_id": user_id,
+            "username": username,
             "is_online": online,
         }
 
@@ -292,6 +300,9 @@ class Hub:
             conn.subscriptions[chat_id] = []
         elif chat_id not in conn.subscriptions:
             conn.subscriptions[chat_id] = None
+
+    def has_subscribers(self, chat_id: int) -> bool:
+        return chat_id in self._subscribers
 
     def unsubscribe(self, chat_id: int, conn: Connection) -> None:
         conn.subscriptions.pop(chat_id, None)

@@ -13,7 +13,7 @@ from . import db
 from .auth import USER, authenticate, bearer_token
 from .keys import CONFIG, METRICS
 from .metrics import UNMATCHED
-from .validation import ApiError
+from .validation import ApiError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.body(), exc.headers)
     except db.NotFound as exc:
         return error_response(404, {"error": str(exc) or "not found"})
+    except db.Invalid as exc:
+        return error_response(400, invalid(exc.field, exc.problem).body())
     except db.Conflict as exc:
         message = f"{exc.field} already taken"
         return error_response(409, {"error": message, "details": {exc.field: "already taken"}})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +14,7 @@ from aiohttp import WSMsgType, web
 from . import db
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
-from .keys import CONFIG, DB, HUB, METRICS, WRITER
+from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
 from .validation import ApiError, is_int, is_utf8
 
 log = logging.getLogger(__name__)
@@ -120,8 +119,8 @@ async def record_presence(app: web.Application, user_id: int, online: bool) -> N
     task.add_done_callback(_presence_writes.discard)
     try:
         await asyncio.shield(task)
-    except (sqlite3.Error, ValueError):
-        # The database may already be closing (shutdown marks everybody offline).
+    except Exception:  # noqa: BLE001 (any backend's error: presence must not end the handler)
+        # The database may already be closing (shutdown marks everybody offline), or away.
         log.warning("could not record user %d as %s", user_id, "online" if online else "offline")
 
 
@@ -181,6 +180,8 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     was_subscribed = chat_id in conn.subscriptions
     app[HUB].subscribe(chat_id, conn)
+    if not was_subscribed:
+        await app[BUS].follow(chat_id)
     draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce)
     stored = await app[WRITER].post(draft)
     if stored.error:
@@ -202,6 +203,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     hub = app[HUB]
     if since is None:
         hub.subscribe(chat_id, conn)
+        await app[BUS].follow(chat_id)
     else:
         # Subscribe (buffering) before reading: every message committed after the
         # read's snapshot is published after this point, so it lands in the
@@ -209,6 +211,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         # published after the subscribe, possibly even after go_live) is
         # dropped by its id: go_live sets a floor of the last id replayed.
         hub.subscribe(chat_id, conn, catch_up=True)
+        await app[BUS].follow(chat_id)
         last_sent = since
         async for message in db.chat_messages(app[DB], chat_id, after=since):
             await conn.send_paced(message_frame(message))

@@ -1,14 +1,27 @@
-"""Fixtures: a real server on a real socket, over a SQLite file in tmp_path."""
+"""Fixtures: a real server on a real socket, over a SQLite file in tmp_path, and again
+over a fresh schema of a PostgreSQL database.
+
+Every test that uses `config` (and so `app` and `client`) runs once per backend,
+unless marked `sqlite_only` (it checks something only SQLite has, e.g. a pragma).
+PostgreSQL is found at CHATAPI_TEST_POSTGRES_URL (default: the local cluster with
+the role and database .ci/run creates); where it cannot be reached, the PostgreSQL
+half is skipped with one line saying why, unless CHATAPI_TEST_POSTGRES=required.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
+import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -16,6 +29,104 @@ from chatapi import Config, create_app
 from chatapi.middlewares import RedactingAccessLogger
 
 _counter = itertools.count(1)
+
+POSTGRES_URL = os.environ.get(
+    "CHATAPI_TEST_POSTGRES_URL", "postgresql://chatapi:chatapi@127.0.0.1:5432/chatapi_test"
+)
+POSTGRES_REQUIRED = os.environ.get("CHATAPI_TEST_POSTGRES") == "required"
+_postgres_problem: list[str] = []  # why PostgreSQL cannot be used, once probed
+
+
+def postgres_problem() -> str | None:
+    """None when the test PostgreSQL answers; else why not (probed once per session)."""
+    if not _postgres_problem:
+        async def probe() -> str:
+            try:
+                conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            await conn.close()
+            return ""
+
+        _postgres_problem.append(asyncio.run(probe()))
+    return _postgres_problem[0] or None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sqlite_only: checks what only the SQLite backend has; runs on SQLite alone"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        backends = ["sqlite"]
+        if metafunc.definition.get_closest_marker("sqlite_only") is None:
+            backends.append("postgres")
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _postgres_problem and _postgres_problem[0]:
+        terminalreporter.write_line(
+            f"PostgreSQL half skipped: {POSTGRES_URL.split('@')[-1]} cannot be reached "
+            f"({_postgres_problem[0]}); set CHATAPI_TEST_POSTGRES_URL to run it",
+            yellow=True,
+        )
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """'sqlite' or 'postgres': the backend this run of the test uses."""
+    if request.param == "postgres":
+        problem = postgres_problem()
+        if problem and POSTGRES_REQUIRED:
+            pytest.fail(f"CHATAPI_TEST_POSTGRES=required but PostgreSQL cannot be reached: {problem}")
+        if problem:
+            pytest.skip(f"PostgreSQL cannot be reached: {problem}")
+    return request.param
+
+
+@pytest.fixture
+async def postgres_url():
+    """The URL of a fresh, empty schema in the test PostgreSQL database (dropped after)."""
+    schema = f"t{os.getpid()}_{next(_counter)}"
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        yield f"{POSTGRES_URL}{separator}search_path={quote(schema)}"
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def database(backend, tmp_path, request) -> str:
+    """The database setting of this test: a SQLite file, or a PostgreSQL URL."""
+    if backend == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "chat.db")
+
+
+async def run_sql(location: str, statement: str, *params: Any, many: list | None = None) -> list:
+    """Run one statement (`?` placeholders) on either backend; its rows as tuples."""
+    if location.startswith("postgresql://"):
+        for n in range(statement.count("?")):
+            statement = statement.replace("?", f"${n + 1}", 1)
+        conn = await asyncpg.connect(location)
+        try:
+            if many is not None:
+                await conn.executemany(statement, many)
+                return []
+            return [tuple(row) for row in await conn.fetch(statement, *params)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(location) as conn:
+        if many is not None:
+            conn.executemany(statement, many)
+            return []
+        return conn.execute(statement, params).fetchall()
 
 
 @pytest.fixture
@@ -46,11 +157,11 @@ def no_credentials_in_logs(caplog):
 
 
 @pytest.fixture
-def config(tmp_path) -> Config:
+def config(database) -> Config:
     # Low bcrypt cost keeps the suite fast; the default (12) has its own test.
     # Presence frames are off unless a test asks (they would interleave).
     return Config(
-        db_path=str(tmp_path / "chat.db"),
+        db_path=database,
         bcrypt_rounds=4,
         heartbeat=5.0,
         presence_interval=3600.0,

@@ -1,0 +1,428 @@
+"""The PostgreSQL backend: every statement of ChatAPI in PostgreSQL's dialect.
+
+A pool serves the queries; the bus between processes gets its own connection
+for LISTEN (`listen`), never a pooled one: returning a connection to the pool
+runs `UNLISTEN *`. Notifications are doorbells only (ids, never text): the
+rows are read from the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from .db import Conflict, Database, Draft, Invalid, NotFound, Stored, Unavailable
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+LEASE_SECONDS = 15.0  # a process that stops renewing is gone after this long
+CONNECT_TIMEOUT = 10.0
+QUERY_TIMEOUT = 10.0
+MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
+CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
+
+# What a call raises while the database is away (down, restarting, unreachable).
+DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+# Notification kinds: "m:<chat id>,..." new messages in these chats,
+# "u:<user id>" tokens revoked, "p:<user id>,..." presence changed,
+# "e:<node>:<json>" an event frame for every socket.
+MESSAGES, TOKENS, PRESENCE, EVENT = "m", "u", "p", "e"
+
+_ONLINE = """(EXISTS (SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
+                   WHERE p.user_id = users.id AND n.lease_until > now()))::int AS is_online"""
+_USER_COLUMNS = f"id, email, username, password_hash, token_version, {_ONLINE}, created_at"
+_MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
+# One message as the JSON text of the history, built by PostgreSQL (`nonce`
+# only when the sender gave one: it is the only column that can be null).
+_MESSAGE_JSON = """m.id AS id, json_strip_nulls(json_build_object(
+    'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
+    'text', m.text, 'nonce', m.nonce, 'created_at', m.created_at))::text AS json"""
+
+
+def describe(url: str) -> str:
+    """Where a URL points (user@host:port/dbname), without its password."""
+    try:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+        return f"{parts.username}@{where}" if parts.username else where
+    except ValueError:
+        return "the given URL"
+
+
+def _without_secret(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
+
+
+def schema_sql() -> str:
+    """The PostgreSQL schema (schema_postgres.sql)."""
+    return resources.files("chatapi").joinpath("schema_postgres.sql").read_text("utf-8")
+
+
+class PostgresDatabase(Database):
+    """A pool of connections to one PostgreSQL database, shared with other processes."""
+
+    shared = True
+
+    def __init__(self, url: str, pool: asyncpg.Pool, schema: str) -> None:
+        self.url = url
+        self.pool = pool
+        # One notification channel per schema: databases (or test schemas) never mix.
+        self.channel = "chatapi" if schema == "public" else f"chatapi_{schema}"[:63]
+        self.node_id = 0
+
+    async def close(self) -> None:
+        try:
+            if self.node_id:
+                await self.pool.execute("""DELETE FROM nodes WHERE id = $1""", self.node_id)
+        except DOWN:
+            log.warning("could not remove this process's lease (it expires by itself)")
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("""SELECT 1""", timeout=QUERY_TIMEOUT)
+
+    async def get_or_create_secret(self, candidate: str) -> str:
+        return await self.pool.fetchval(
+            """WITH new AS (
+                   INSERT INTO settings (key, value) VALUES ('token_secret', $1)
+                   ON CONFLICT DO NOTHING RETURNING value)
+               SELECT value FROM new UNION ALL
+               SELECT value FROM settings WHERE key = 'token_secret'
+               LIMIT 1""",
+            candidate,
+        )
+
+    # Users
+
+    async def create_user(self, email: str, username: str, password_hash: str) -> dict[str, Any]:
+        try:
+            row = await self.pool.fetchrow(
+                f"""INSERT INTO users (email, username, username_key, password_hash)
+                        VALUES ($1, $2, $3, $4)
+                        RETURNING {_USER_COLUMNS}""",
+                email, username, username.casefold(), password_hash,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("email" if "email" in (exc.constraint_name or "") else "username") from None
+        except asyncpg.CharacterNotInRepertoireError:
+            raise Invalid("username", "must not contain the character U+0000") from None
+        return dict(row)
+
+    async def user_by_email(self, email: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {_USER_COLUMNS} FROM users WHERE email = $1""", _text(email)
+        )
+        return dict(row) if row else None
+
+    async def user_by_id(self, user_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(f"""SELECT {_USER_COLUMNS} FROM users WHERE id = $1""", user_id)
+        return dict(row) if row else None
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(f"""SELECT {_USER_COLUMNS} FROM users ORDER BY id""")
+        return [dict(row) for row in rows]
+
+    async def token_versions(self, user_ids: Sequence[int]) -> dict[int, int]:
+        rows = await self.pool.fetch(
+            """SELECT id, token_version FROM users WHERE id = ANY($1::bigint[])""", list(user_ids)
+        )
+        return {row["id"]: row["token_version"] for row in rows}
+
+    async def revoke_tokens(self, user_id: int) -> None:
+        # The notification reaches this user's sockets on every process.
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE users SET token_version = token_version + 1 WHERE id = $1""", user_id
+            )
+            await self._notify(conn, f"{TOKENS}:{user_id}")
+
+    async def set_password(self, email: str, password_hash: str) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""UPDATE users SET password_hash = $1, token_version = token_version + 1
+                        WHERE email = $2
+                        RETURNING {_USER_COLUMNS}""",
+                password_hash, _text(email),
+            )
+            if row is not None:
+                await self._notify(conn, f"{TOKENS}:{row['id']}")
+        if row is None:
+            raise NotFound(f"no user with email {email}")
+        return dict(row)
+
+    # Presence: leases of processes, and which users each one holds sockets of
+
+    async def register_node(self) -> None:
+        """Take a lease for this process (a new one if it lapsed)."""
+        self.node_id = await self.pool.fetchval(
+            """INSERT INTO nodes (lease_until) VALUES (now() + $1 * interval '1 second')
+               RETURNING id""",
+            LEASE_SECONDS,
+        )
+
+    async def renew_lease(self, user_ids: Sequence[int]) -> bool:
+        """Extend this process's lease; False if it had lapsed (a new one is taken and the
+        users it holds sockets of are recorded again)."""
+        renewed = await self.pool.fetchval(
+            """UPDATE nodes SET lease_until = now() + $2 * interval '1 second'
+               WHERE id = $1 RETURNING id""",
+            self.node_id, LEASE_SECONDS,
+        )
+        if renewed:
+            return True
+        await self.register_node()
+        await self.pool.execute(
+            """INSERT INTO presence (node_id, user_id)
+               SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
+               ON CONFLICT DO NOTHING""",
+            self.node_id, list(user_ids),
+        )
+        return False
+
+    async def reap_nodes(self) -> list[dict[str, Any]]:
+        """Remove lapsed leases; the users who thereby went offline everywhere."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """WITH gone AS (
+                       DELETE FROM nodes WHERE lease_until < now() AND id <> $1 RETURNING id),
+                   left_users AS (
+                       SELECT DISTINCT p.user_id FROM presence p JOIN gone ON gone.id = p.node_id)
+                   SELECT u.id, u.username FROM users u JOIN left_users l ON l.user_id = u.id
+                   WHERE NOT EXISTS (
+                       SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
+                       WHERE p.user_id = u.id AND n.lease_until > now()
+                         AND n.id NOT IN (SELECT id FROM gone))""",
+                self.node_id,
+            )
+            if rows:
+                await self._notify(conn, f"{PRESENCE}:" + ",".join(str(r["id"]) for r in rows))
+        return [dict(row) for row in rows]
+
+    async def set_online(self, user_id: int, online: bool) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if online:
+                await conn.execute(
+                    """INSERT INTO presence (node_id, user_id) VALUES ($1, $2)
+                       ON CONFLICT DO NOTHING""",
+                    self.node_id, user_id,
+                )
+            else:
+                await conn.execute(
+                    """DELETE FROM presence WHERE node_id = $1 AND user_id = $2""",
+                    self.node_id, user_id,
+                )
+            await self._notify(conn, f"{PRESENCE}:{user_id}")
+
+    async def set_everybody_offline(self) -> None:
+        # Other processes' users stay online: only this process's sockets and
+        # lapsed leases are forgotten.
+        await self.pool.execute("""DELETE FROM presence WHERE node_id = $1""", self.node_id)
+        await self.reap_nodes()
+
+    async def presence_of(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """{user_id, username, is_online} of these users, as every process sees them."""
+        rows = await self.pool.fetch(
+            f"""SELECT id AS user_id, username, {_ONLINE} FROM users
+                WHERE id = ANY($1::bigint[]) ORDER BY id""",
+            list(user_ids),
+        )
+        return [{**dict(row), "is_online": bool(row["is_online"])} for row in rows]
+
+    # Chats
+
+    async def create_chat(self, name: str, owner_id: int) -> dict[str, Any]:
+        try:
+            row = await self.pool.fetchrow(
+                """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
+                   RETURNING id, name, owner_id, created_at""",
+                name, owner_id,
+            )
+        except asyncpg.CharacterNotInRepertoireError:
+            raise Invalid("name", "must not contain the character U+0000") from None
+        return dict(row)
+
+    async def list_chats(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("""SELECT id, name, owner_id, created_at FROM chats ORDER BY id""")
+        return [dict(row) for row in rows]
+
+    async def chat_exists(self, chat_id: int) -> bool:
+        return bool(await self.pool.fetchval("""SELECT 1 FROM chats WHERE id = $1""", chat_id))
+
+    # Messages
+
+    async def last_message_id(self, chat_id: int) -> int:
+        return await self.pool.fetchval(
+            """SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1""", chat_id
+        )
+
+    async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"""SELECT {_MESSAGE_COLUMNS}
+                FROM unnest($1::bigint[], $2::bigint[]) AS p (chat_id, after)
+                JOIN messages m ON m.chat_id = p.chat_id AND m.id > p.after
+                JOIN users u ON u.id = m.owner_id
+                ORDER BY m.chat_id, m.id LIMIT $3""",
+            list(positions), list(positions.values()), CATCH_UP_ROWS,
+        )
+        return [dict(row) for row in rows]
+
+    async def message_page(
+        self, chat_id: int, as_json: bool, after: int, before: int, limit: int, newest: bool
+    ) -> list[Any]:
+        columns = _MESSAGE_JSON if as_json else _MESSAGE_COLUMNS
+        if newest:
+            rows = await self.pool.fetch(
+                f"""SELECT * FROM (
+                        SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
+                        WHERE m.chat_id = $1 AND m.id < $2
+                        ORDER BY m.id DESC LIMIT $3) AS page
+                    ORDER BY id""",
+                chat_id, before, limit,
+            )
+        else:
+            rows = await self.pool.fetch(
+                f"""SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
+                    WHERE m.chat_id = $1 AND m.id > $2 AND m.id < $3
+                    ORDER BY m.id LIMIT $4""",
+                chat_id, after, before, limit,
+            )
+        return [(row[0], row[1]) for row in rows] if as_json else [dict(row) for row in rows]
+
+    async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Lock the batch's chats in ascending id order (two batches never
+            # deadlock); ids taken while holding a chat's lock commit in order.
+            chat_ids = sorted({draft.chat_id for draft in drafts})
+            existing = {
+                row["id"]
+                for row in await conn.fetch(
+                    """SELECT id FROM chats WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE""",
+                    chat_ids,
+                )
+            }
+            results = [await _insert_one(conn, draft, existing) for draft in drafts]
+            touched = sorted({s.message["chat_id"] for s in results if s.is_new and s.message})
+            if touched:
+                payload = f"{MESSAGES}:" + ",".join(map(str, touched))
+                await self._notify(conn, payload if len(payload) < MAX_PAYLOAD else f"{MESSAGES}:*")
+        return results
+
+    # The bus between processes
+
+    async def _notify(self, conn: asyncpg.Connection, payload: str) -> None:
+        await conn.execute("""SELECT pg_notify($1, $2)""", self.channel, payload)
+
+    async def notify(self, payload: str) -> None:
+        """Send a notification on this database's channel (delivered after commit)."""
+        await self.pool.execute("""SELECT pg_notify($1, $2)""", self.channel, payload)
+
+    async def listen(
+        self, on_payload: Callable[[str], None], on_lost: Callable[[], None]
+    ) -> asyncpg.Connection:
+        """A dedicated connection (not pooled) that LISTENs on the channel."""
+        conn = await asyncpg.connect(
+            self.url,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"application_name": "chatapi-listener"},
+        )
+        try:
+            await conn.add_listener(self.channel, lambda *args: on_payload(args[-1]))
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(lambda _conn: on_lost())
+        return conn
+
+    def pool_in_use(self) -> int:
+        """Connections of the pool in use now."""
+        return self.pool.get_size() - self.pool.get_idle_size()
+
+
+def event_payload(node: int, frame: dict[str, Any]) -> str:
+    """The notification carrying an event frame (from process `node`)."""
+    return f"{EVENT}:{node}:" + json.dumps(frame, ensure_ascii=False)
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000: such a value can match nothing.
+    return value.replace("\x00", "\ufffd")
+
+
+async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
+    if draft.chat_id not in chats:
+        return Stored(None, error=f"chat {draft.chat_id} does not exist")
+    if "\x00" in draft.text or (draft.nonce and "\x00" in draft.nonce):
+        return Stored(None, error="text and nonce must not contain the character U+0000")
+    row = await conn.fetchrow(
+        """INSERT INTO messages (chat_id, owner_id, text, nonce) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
+           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+        draft.chat_id, draft.owner_id, draft.text, draft.nonce,
+    )
+    if row is not None:
+        return Stored({**dict(row), "username": draft.username}, is_new=True)
+    # The nonce was used: a statement of its own sees the committed original.
+    original = await conn.fetchrow(
+        f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+            WHERE m.owner_id = $1 AND m.nonce = $2""",
+        draft.owner_id, draft.nonce,
+    )
+    return Stored(dict(original))
+
+
+async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
+    """Connect a pool, apply the schema under an advisory lock, take a lease."""
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=QUERY_TIMEOUT,
+            server_settings={"application_name": "chatapi"},
+        )
+    except (ValueError, *DOWN) as exc:
+        reason = _without_secret(str(exc) or type(exc).__name__, url)
+        raise Unavailable(f"cannot connect to PostgreSQL at {describe(url)}: {reason}") from None
+    try:
+        schema = await _apply_schema(pool)
+        database = PostgresDatabase(url, pool, schema)
+        await database.register_node()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        await pool.close()
+        raise Unavailable(f"PostgreSQL at {describe(url)} refused the schema: {exc}") from None
+    except BaseException:
+        await pool.close()
+        raise
+    return database
+
+
+async def _apply_schema(pool: asyncpg.Pool) -> str:
+    async with pool.acquire() as conn, conn.transaction():
+        # Two processes starting at once on an empty database would race to
+        # create the same tables: one waits here for the other.
+        await conn.execute(
+            """SELECT pg_advisory_xact_lock(hashtext('chatapi schema ' || current_schema()))"""
+        )
+        if await conn.fetchval("""SELECT to_regclass('settings') IS NOT NULL"""):
+            version = await conn.fetchval(
+                """SELECT value::int FROM settings WHERE key = 'schema_version'"""
+            )
+            if version is not None and version > SCHEMA_VERSION:
+                raise Unavailable(
+                    f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+                )
+        await conn.execute(schema_sql())
+        return await conn.fetchval("""SELECT current_schema()""")
