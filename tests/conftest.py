@@ -56,13 +56,18 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "sqlite_only: checks what only the SQLite backend has; runs on SQLite alone"
     )
+    config.addinivalue_line(
+        "markers", "postgres_only: checks what only the PostgreSQL backend has"
+    )
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        backends = ["sqlite"]
-        if metafunc.definition.get_closest_marker("sqlite_only") is None:
-            backends.append("postgres")
+        backends = ["sqlite", "postgres"]
+        if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+            backends.remove("postgres")
+        if metafunc.definition.get_closest_marker("postgres_only") is not None:
+            backends.remove("sqlite")
         metafunc.parametrize("backend", backends, indirect=True)
 
 
