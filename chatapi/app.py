@@ -24,7 +24,7 @@ from .middlewares import (
     error_middleware,
     metrics_middleware,
 )
-from .throttle import LoginThrottle
+from .throttle import LoginThrottle, SharedLoginThrottle
 from .writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     secret = config.secret or await db.get_or_create_secret(database, secrets.token_hex(32))
     app[SECRET] = secret.encode()
     app[DB] = database
+    if database.shared:
+        app[THROTTLE] = SharedLoginThrottle(
+            database,
+            config.login_failures_per_account,
+            config.login_failures_per_address,
+            config.login_window,
+        )
     metrics = app.get(METRICS)
     hub = app[HUB] = Hub(config.presence_interval, metrics)
     bus = app[BUS] = bus_for(database, hub, metrics)

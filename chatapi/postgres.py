@@ -8,11 +8,13 @@ rows are read from the tables.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,6 +22,7 @@ import asyncpg
 from .db import Conflict, Database, Draft, Invalid, NotFound, Stored, Unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 LEASE_SECONDS = 15.0  # a process that stops renewing is gone after this long
@@ -29,7 +32,15 @@ MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
 CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
 
 # What a call raises while the database is away (down, restarting, unreachable).
-DOWN = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+AWAY = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+)
+# What background work (bus, leases) rides out and retries.
+DOWN = (*AWAY, asyncpg.PostgresError, Unavailable)
 
 # Notification kinds: "m:<chat id>,..." new messages in these chats,
 # "u:<user id>" tokens revoked, "p:<user id>,..." presence changed,
@@ -70,6 +81,27 @@ def schema_sql() -> str:
     return resources.files("chatapi").joinpath("schema_postgres.sql").read_text("utf-8")
 
 
+def _unavailable_when_away(cls: type[T]) -> type[T]:
+    """Every query method raises db.Unavailable (not a driver error) while PostgreSQL is away."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or name in ("close", "listen") or not inspect.iscoroutinefunction(method):
+            continue
+        setattr(cls, name, _guarded(method))
+    return cls
+
+
+def _guarded(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except AWAY as exc:
+            raise Unavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+
+    return call
+
+
+@_unavailable_when_away
 class PostgresDatabase(Database):
     """A pool of connections to one PostgreSQL database, shared with other processes."""
 
@@ -239,6 +271,43 @@ class PostgresDatabase(Database):
             list(user_ids),
         )
         return [{**dict(row), "is_online": bool(row["is_online"])} for row in rows]
+
+    # Failed logins, shared by every process
+
+    async def recent_login_failures(self, limits: dict[str, int], window: float) -> list[float]:
+        """For each key at or over its limit within `window` seconds: seconds until it is not."""
+        rows = await self.pool.fetch(
+            """SELECT key, count(*) AS failures,
+                      extract(epoch FROM min(failed_at) + $2 * interval '1 second' - now()) AS wait
+               FROM login_failures
+               WHERE key = ANY($1::text[]) AND failed_at > now() - $2 * interval '1 second'
+               GROUP BY key""",
+            [_text(key) for key in limits], window,
+        )
+        limit_of = {_text(key): limit for key, limit in limits.items()}
+        return [float(row["wait"]) for row in rows if row["failures"] >= limit_of[row["key"]]]
+
+    async def record_login_failure(self, keys: Sequence[str], window: float) -> None:
+        """Count a failed login against each key (forgetting failures older than the window)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """DELETE FROM login_failures WHERE key = ANY($1::text[])
+                   AND failed_at <= now() - $2 * interval '1 second'""",
+                [_text(key) for key in keys], window,
+            )
+            await conn.executemany(
+                """INSERT INTO login_failures (key) VALUES ($1)""", [(_text(key),) for key in keys]
+            )
+
+    async def clear_login_failures(self, key: str) -> None:
+        await self.pool.execute("""DELETE FROM login_failures WHERE key = $1""", _text(key))
+
+    async def prune_login_failures(self, window: float) -> None:
+        """Forget failures older than the window, whatever their key."""
+        await self.pool.execute(
+            """DELETE FROM login_failures WHERE failed_at <= now() - $1 * interval '1 second'""",
+            window,
+        )
 
     # Chats
 

@@ -100,6 +100,8 @@ async def handle_frame_safely(app: web.Application, conn: Connection, data: str)
     """handle_frame, with a bug answered by an error frame instead of ending the socket."""
     try:
         await handle_frame(app, conn, data)
+    except db.Unavailable:
+        conn.send(error_frame("the database is unavailable: try again shortly"))
     except Exception:
         log.exception("unhandled error on a frame of user %d", conn.user_id)
         conn.send(error_frame("internal error"))

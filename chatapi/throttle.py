@@ -6,6 +6,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 
 class SlidingWindow:
@@ -61,18 +62,47 @@ class SlidingWindow:
 
 
 class LoginThrottle:
-    """Failed logins counted per email and per client address."""
+    """Failed logins counted per email and per client address, in this process."""
 
     def __init__(self, per_account: int, per_address: int, window: float) -> None:
         self.accounts = SlidingWindow(per_account, window)
         self.addresses = SlidingWindow(per_address, window)
 
-    def retry_after(self, email: str, address: str) -> int:
+    async def retry_after(self, email: str, address: str) -> int:
+        """Seconds until this email and address may try again; 0 when both may now."""
         return max(self.accounts.retry_after(email), self.addresses.retry_after(address))
 
-    def failed(self, email: str, address: str) -> None:
+    async def failed(self, email: str, address: str) -> None:
         self.accounts.hit(email)
         self.addresses.hit(address)
 
-    def succeeded(self, email: str) -> None:
+    async def succeeded(self, email: str) -> None:
         self.accounts.clear(email)
+
+
+class SharedLoginThrottle(LoginThrottle):
+    """The same counting kept in a shared database, so that N processes do not allow
+    N times the guesses (`store` is a PostgresDatabase: its login_failures methods)."""
+
+    def __init__(self, store: Any, per_account: int, per_address: int, window: float) -> None:
+        super().__init__(per_account, per_address, window)
+        self.store = store
+        self.limits = {"account": per_account, "address": per_address}
+        self.window = window
+        self._failures = 0
+
+    async def retry_after(self, email: str, address: str) -> int:
+        recent = await self.store.recent_login_failures(
+            {"account:" + email: self.limits["account"], "address:" + address: self.limits["address"]},
+            self.window,
+        )
+        return max((max(1, math.ceil(wait)) for wait in recent), default=0)
+
+    async def failed(self, email: str, address: str) -> None:
+        await self.store.record_login_failure(["account:" + email, "address:" + address], self.window)
+        self._failures += 1
+        if self._failures % 1000 == 0:  # keys never tried again are forgotten too
+            await self.store.prune_login_failures(self.window)
+
+    async def succeeded(self, email: str) -> None:
+        await self.store.clear_login_failures("account:" + email)

@@ -111,7 +111,7 @@ async def login(request: web.Request) -> web.Response:
     password = string_field(body, "password", max_len=128)
     throttle, address = request.app[THROTTLE], request.remote or "unknown"
     # Checked before bcrypt runs: a flood of guesses costs no hashing.
-    retry_after = throttle.retry_after(email, address)
+    retry_after = await throttle.retry_after(email, address)
     if retry_after:
         raise ApiError(
             429, "too many failed logins: try again later", headers={"Retry-After": str(retry_after)}
@@ -123,9 +123,9 @@ async def login(request: web.Request) -> web.Response:
         password_hash = user["password_hash"]
     matches = await in_executor(security.check_password, password, password_hash)
     if user is None or not matches:
-        throttle.failed(email, address)
+        await throttle.failed(email, address)
         raise ApiError(401, "wrong email or password")
-    throttle.succeeded(email)
+    await throttle.succeeded(email)
     return web.json_response(auth_json(request, user))
 
 

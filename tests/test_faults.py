@@ -50,10 +50,12 @@ def fault_seed() -> int:
 
 
 class ServerProcess:
-    """`python -m chatapi --port 0 --db FILE`; `url` comes from the first line on stdout."""
+    """`python -m chatapi --port 0 --db FILE_OR_URL`; `url` comes from the first line on stdout."""
 
-    def __init__(self, db_path: Path, **env: str) -> None:
+    def __init__(self, db_path: Path | str, *args: str, cwd: Path | None = None, **env: str) -> None:
         self.db_path = db_path
+        self.args = args
+        self.cwd = cwd or Path(db_path).parent
         self.env = {**SERVER_ENV, **env}
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
@@ -75,11 +77,11 @@ class ServerProcess:
 
     async def start(self) -> ServerProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatapi", "--port", "0", "--db", str(self.db_path),
+            sys.executable, "-m", "chatapi", "--port", "0", "--db", str(self.db_path), *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
-            cwd=self.db_path.parent,
+            cwd=self.cwd,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._readers.append(asyncio.create_task(self._collect(self.proc.stderr)))
