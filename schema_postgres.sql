@@ -54,8 +54,9 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 
 CREATE TABLE IF NOT EXISTS presence (
-    node_id bigint NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
-    user_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    node_id bigint  NOT NULL REFERENCES nodes (id) ON DELETE CASCADE,
+    user_id bigint  NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    sockets integer NOT NULL DEFAULT 1,  -- refreshed with each lease renewal
     PRIMARY KEY (node_id, user_id)
 );
 

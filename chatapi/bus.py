@@ -32,6 +32,10 @@ class Bus:
     async def follow(self, chat_id: int) -> None:
         """Called when a socket subscribes: from here on, new messages of the chat reach it."""
 
+    async def sockets_elsewhere(self, user_id: int) -> int:
+        """The user's open sockets on other processes."""
+        return 0
+
     async def run(self) -> None:
         """Background work for as long as the application runs."""
         await asyncio.Event().wait()

@@ -20,6 +20,7 @@ from .app import create_app
 from .config import Config, ConfigError, from_env, shown_db
 from .middlewares import RedactingAccessLogger
 from .validation import ApiError
+from .workers import WorkerError, run_workers
 
 T = TypeVar("T")
 
@@ -41,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
         "(CHATAPI_DB, default ./chatapi.db; ':memory:' for none)"
     )
     p.add_argument("--db", dest="db_path", help=db_help)
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="serve one port from this many processes (PostgreSQL only; default 1)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"chatapi {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -120,7 +126,7 @@ def checked(validate: Callable[[dict[str, Any]], T], body: dict[str, Any]) -> T:
         raise CommandError(exc.message) from None
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, reuse_port: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     app = create_app(config)
     runner = web.AppRunner(
@@ -131,7 +137,7 @@ async def serve(config: Config) -> None:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
         await site.start()
         host, port = runner.addresses[0][:2]
         # The first line on stdout is the bound URL (useful with --port 0).
@@ -160,15 +166,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(reset_password(config, args.email))
         elif args.command == "export":
             asyncio.run(export_chat(config, args.chat))
+        elif args.workers != 1:
+            if args.workers < 1 or not db.is_postgres(config.db_path):
+                raise ConfigError(
+                    "--workers above 1 needs a postgresql:// database (CHATAPI_DB/--db); "
+                    "SQLite serves from one process"
+                    if args.workers > 1 else "--workers must be at least 1"
+                )
+            asyncio.run(run_workers(args.workers, config.host, config.port, config.db_path))
         else:
-            asyncio.run(serve(config))
+            asyncio.run(serve(config, reuse_port=args.reuse_port))
     except ConfigError as exc:
         sys.exit(f"chatapi: bad setting: {exc}")
     except CommandError as exc:
         sys.exit(f"chatapi: {exc}")
     except db.Unavailable as exc:
         sys.exit(f"chatapi: cannot start: CHATAPI_DB/--db: {exc}")
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, WorkerError) as exc:
         sys.exit(f"chatapi: cannot start: {exc}")
 
 

@@ -260,9 +260,9 @@ class Hub:
     def online_count(self) -> int:
         return len(self._by_user)
 
-    def online_users(self) -> list[int]:
-        """Users with a socket on this process."""
-        return list(self._by_user)
+    def socket_counts(self) -> dict[int, int]:
+        """User id -> sockets open on this process, for users with any."""
+        return {user_id: len(sockets) for user_id, sockets in self._by_user.items()}
 
     def _note_presence(self, conn: Connection, online: bool) -> None:
         self.note_presence(conn.user_id, conn.username, online)

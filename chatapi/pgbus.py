@@ -35,7 +35,7 @@ LOGGED_OUT = 4001
 class PostgresBus(Bus):
     """Doorbells over LISTEN/NOTIFY, rows from the table, one reader task per process."""
 
-    HEARTBEAT = 5.0  # seconds between lease renewals (and listener pings)
+    HEARTBEAT = 2.5  # seconds between lease renewals (and listener pings)
     MAX_BACKOFF = 5.0
 
     def __init__(self, database: PostgresDatabase, hub: Hub, metrics: Metrics | None) -> None:
@@ -92,6 +92,9 @@ class PostgresBus(Bus):
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def sockets_elsewhere(self, user_id: int) -> int:
+        return await self.db.sockets_elsewhere(user_id)
 
     async def check_tokens(self, user_ids: Sequence[int]) -> None:
         """Close (4001) this process's sockets whose token was revoked meanwhile."""
@@ -217,7 +220,7 @@ class PostgresBus(Bus):
         while True:
             await asyncio.sleep(self.HEARTBEAT)
             try:
-                if not await self.db.renew_lease(self.hub.online_users()):
+                if not await self.db.renew_lease(self.hub.socket_counts()):
                     log.warning("this process's lease had lapsed: took a new one")
                 gone = await self.db.reap_nodes()
             except DOWN as exc:

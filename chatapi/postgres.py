@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-LEASE_SECONDS = 15.0  # a process that stops renewing is gone after this long
+LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
@@ -204,24 +205,38 @@ class PostgresDatabase(Database):
             LEASE_SECONDS,
         )
 
-    async def renew_lease(self, user_ids: Sequence[int]) -> bool:
-        """Extend this process's lease; False if it had lapsed (a new one is taken and the
-        users it holds sockets of are recorded again)."""
+    async def renew_lease(self, sockets: dict[int, int]) -> bool:
+        """Extend this process's lease and record its socket count per user; False if the
+        lease had lapsed (a new one is taken and its users are recorded again)."""
         renewed = await self.pool.fetchval(
             """UPDATE nodes SET lease_until = now() + $2 * interval '1 second'
                WHERE id = $1 RETURNING id""",
             self.node_id, LEASE_SECONDS,
         )
-        if renewed:
-            return True
-        await self.register_node()
+        if not renewed:
+            await self.register_node()
+            await self.pool.execute(
+                """INSERT INTO presence (node_id, user_id)
+                   SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
+                   ON CONFLICT DO NOTHING""",
+                self.node_id, list(sockets),
+            )
+        # Only rows that exist: a socket count never brings a user online.
         await self.pool.execute(
-            """INSERT INTO presence (node_id, user_id)
-               SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
-               ON CONFLICT DO NOTHING""",
-            self.node_id, list(user_ids),
+            """UPDATE presence p SET sockets = c.sockets
+               FROM unnest($2::bigint[], $3::int[]) AS c (user_id, sockets)
+               WHERE p.node_id = $1 AND p.user_id = c.user_id AND p.sockets <> c.sockets""",
+            self.node_id, list(sockets), list(sockets.values()),
         )
-        return False
+        return bool(renewed)
+
+    async def sockets_elsewhere(self, user_id: int) -> int:
+        """The user's open sockets on the other live processes (as of their last renewal)."""
+        return await self.pool.fetchval(
+            """SELECT coalesce(sum(p.sockets), 0) FROM presence p JOIN nodes n ON n.id = p.node_id
+               WHERE p.user_id = $1 AND p.node_id <> $2 AND n.lease_until > now()""",
+            user_id, self.node_id,
+        )
 
     async def reap_nodes(self) -> list[dict[str, Any]]:
         """Remove lapsed leases; the users who thereby went offline everywhere."""
@@ -404,7 +419,8 @@ class PostgresDatabase(Database):
         conn = await asyncpg.connect(
             self.url,
             timeout=CONNECT_TIMEOUT,
-            server_settings={"application_name": "chatapi-listener"},
+            # The process id in its name: an operator (or a test) can tell listeners apart.
+            server_settings={"application_name": f"chatapi-listener-{os.getpid()}"},
         )
         try:
             await conn.add_listener(self.channel, lambda *args: on_payload(args[-1]))

@@ -43,7 +43,8 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     user = await authenticate(request.app, request.query.get("token") or bearer_token(request))
     config = request.app[CONFIG]
     hub = request.app[HUB]
-    if hub.sockets_of(user["id"]) >= config.max_sockets_per_user:
+    open_sockets = hub.sockets_of(user["id"]) + await request.app[BUS].sockets_elsewhere(user["id"])
+    if open_sockets >= config.max_sockets_per_user:
         raise ApiError(429, "too many open websockets for this user", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat, max_msg_size=config.max_frame, compress=False
