@@ -15,8 +15,10 @@ import itertools
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -112,6 +114,18 @@ def database(backend, tmp_path, request) -> str:
     if backend == "postgres":
         return request.getfixturevalue("postgres_url")
     return str(tmp_path / "chat.db")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block under a README heading."""
+    text = README.read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    assert match, f"no {language} block under {heading}"
+    return match.group(1)
 
 
 async def run_sql(location: str, statement: str, *params: Any, many: list | None = None) -> list:

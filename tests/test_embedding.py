@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from conftest import readme_block
 
 from chatapi.testing import ChatServer
 
@@ -20,15 +21,6 @@ pytest_plugins = ["pytester"]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
-
-
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block under a README heading."""
-    text = README.read_text()
-    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
-    assert match, f"no {language} block under {heading}"
-    return match.group(1)
 
 
 def http(url: str, method: str = "GET", body=None, token: str | None = None):
