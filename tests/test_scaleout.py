@@ -515,6 +515,7 @@ http {{
                 await peer.ws.send_json({"type": "join", "chat_id": chat})
                 peer.start(budget=25)
             await finish(peers, 25)
+            await until(lambda: all(len(p.ids) == 50 for p in peers), 30, "all delivered")
             messages = await history(http, base, bob["token"], chat)
     finally:
         proc.terminate()
