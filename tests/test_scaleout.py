@@ -508,20 +508,24 @@ http {{
             ws_url = "ws" + base.removeprefix("http") + "/chats/ws"
             seen: dict[str, int] = {}
             problems: list[str] = []
-            peers = [Peer(alice["token"], seen, problems, Outbox("a", chat)),
-                     Peer(bob["token"], seen, problems, Outbox("b", chat))]
-            for peer in peers:  # nginx spreads them over both processes
-                assert await peer.connect(http, ws_url)
-                await peer.ws.send_json({"type": "join", "chat_id": chat})
-                peer.start(budget=25)
-            await finish(peers, 25)
-            await until(lambda: all(len(p.ids) == 50 for p in peers), 30, "all delivered")
+            # nginx spreads the sockets over both processes
+            readers = [Peer(user["token"], seen, problems) for user in (alice, bob, alice, bob)]
+            await subscribe(readers, http, [ws_url], chat)
+            writers = [Peer(alice["token"], seen, problems, Outbox("a", chat)),
+                       Peer(bob["token"], seen, problems, Outbox("b", chat))]
+            for writer in writers:
+                assert await writer.connect(http, ws_url)
+                writer.start(budget=25)
+            await finish(writers, 25)
+            await until(lambda: all(len(r.ids) == 50 for r in readers), 30, "all delivered")
             messages = await history(http, base, bob["token"], chat)
+            for reader in readers:
+                await reader.close()
     finally:
         proc.terminate()
         await proc.wait()
     assert problems == []
     ids = [message["id"] for message in messages]
     assert len(ids) == 50
-    for peer in peers:
-        assert peer.ids == ids  # each saw the whole conversation, in order
+    for reader in readers:
+        assert reader.ids == ids  # each saw the whole conversation, in order
