@@ -98,14 +98,11 @@ def backend(request) -> str:
 async def postgres_url():
     """The URL of a fresh, empty schema in the test PostgreSQL database (dropped after)."""
     schema = f"t{os.getpid()}_{next(_counter)}"
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
-        separator = "&" if "?" in POSTGRES_URL else "?"
-        yield f"{POSTGRES_URL}{separator}search_path={quote(schema)}"
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    await run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+    yield f"{POSTGRES_URL}{separator}search_path={quote(schema)}"
+    # A new connection: a test may have restarted PostgreSQL meanwhile.
+    await run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture
@@ -137,6 +134,9 @@ async def run_sql(location: str, statement: str, *params: Any, many: list | None
         try:
             if many is not None:
                 await conn.executemany(statement, many)
+                return []
+            if ";" in statement.rstrip("; \n"):  # several statements in one string
+                await conn.execute(statement)
                 return []
             return [tuple(row) for row in await conn.fetch(statement, *params)]
         finally:

@@ -323,6 +323,7 @@ async def test_postgres_restarted_under_load_every_process_recovers(cluster):
         poller.cancel()
         messages = await history(http, servers[0].url, alice["token"], chat)
     assert 503 in statuses and statuses[-1] == 200, statuses
+    assert errors and all("database" in error for error in errors), errors
     assert len(acked) == 120
     assert not not_stored_once(acked, stored_by_nonce(messages))
 
