@@ -8,6 +8,7 @@ database.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,11 @@ class Bus:
         """Messages just committed by this process, in id order."""
         for message in messages:
             self.hub.publish(message)
+
+    def broadcast(self, frame: dict[str, Any]) -> None:
+        """An event frame (not a message: e.g. a chat was created) for every socket of
+        every process."""
+        self.hub.broadcast(json.dumps(frame, ensure_ascii=False))
 
     async def follow(self, chat_id: int) -> None:
         """Called when a socket subscribes: from here on, new messages of the chat reach it."""

@@ -287,7 +287,10 @@ class Hub:
             return
         users = list(self._presence_changes.values())
         self._presence_changes.clear()
-        frame = json.dumps({"type": "presence", "users": users}, ensure_ascii=False)
+        self.broadcast(json.dumps({"type": "presence", "users": users}, ensure_ascii=False))
+
+    def broadcast(self, frame: str) -> None:
+        """Send a frame to every socket of this process."""
         for conn in self.connections:
             conn.send(frame)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ import asyncpg
 
 from .bus import Bus
 from .hub import Hub
-from .postgres import CATCH_UP_ROWS, DOWN, PostgresDatabase
+from .postgres import CATCH_UP_ROWS, DOWN, MAX_PAYLOAD, PostgresDatabase, event_payload
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -51,11 +52,26 @@ class PostgresBus(Bus):
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.origin = secrets.token_hex(6)  # tells this process's own events apart
 
     def published(self, messages: Sequence[dict[str, Any]]) -> None:
         # Read back from the table like any other process's commit: a row of
         # another process may precede ours in this chat and be unread yet.
         self._ring({message["chat_id"] for message in messages})
+
+    def broadcast(self, frame: dict[str, Any]) -> None:
+        super().broadcast(frame)  # this process's sockets now; the others by notification
+        payload = event_payload(self.origin, frame)
+        if len(payload.encode()) >= MAX_PAYLOAD:
+            log.warning("event %r too large to reach other processes", frame.get("type"))
+            return
+        self._spawn(self._notify(payload))
+
+    async def _notify(self, payload: str) -> None:
+        try:
+            await self.db.notify(payload)
+        except DOWN as exc:
+            log.warning("an event could not reach other processes (%s)", type(exc).__name__)
 
     async def follow(self, chat_id: int) -> None:
         if chat_id in self.positions:
@@ -83,6 +99,10 @@ class PostgresBus(Bus):
                 self._spawn(self.check_tokens([int(rest)]))
             elif kind == "p":
                 self._spawn(self.announce_presence([int(i) for i in rest.split(",")]))
+            elif kind == "e":
+                origin, _, frame = rest.partition(":")
+                if origin != self.origin:  # this process delivered its own already
+                    self.hub.broadcast(frame)
             else:
                 log.warning("unknown notification kind %r", kind)
         except ValueError:

@@ -8,6 +8,7 @@ rows are read from the tables.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -113,7 +114,8 @@ class PostgresDatabase(Database):
         self.pool = pool
         # One notification channel per schema: databases (or test schemas) never mix.
         self.channel = "chatapi" if schema == "public" else f"chatapi_{schema}"[:63]
-        self.node_id = 0
+        self.node_id = 0  # this process's lease, taken with its first socket
+        self._lease_lock = asyncio.Lock()
 
     async def close(self) -> None:
         try:
@@ -258,6 +260,10 @@ class PostgresDatabase(Database):
         return [dict(row) for row in rows]
 
     async def set_online(self, user_id: int, online: bool) -> None:
+        if online and not self.node_id:
+            async with self._lease_lock:
+                if not self.node_id:
+                    await self.register_node()
         async with self.pool.acquire() as conn, conn.transaction():
             if online:
                 await conn.execute(
@@ -435,9 +441,9 @@ class PostgresDatabase(Database):
         return self.pool.get_size() - self.pool.get_idle_size()
 
 
-def event_payload(node: int, frame: dict[str, Any]) -> str:
-    """The notification carrying an event frame (from process `node`)."""
-    return f"{EVENT}:{node}:" + json.dumps(frame, ensure_ascii=False)
+def event_payload(origin: str, frame: dict[str, Any]) -> str:
+    """The notification carrying an event frame (from the process called `origin`)."""
+    return f"{EVENT}:{origin}:" + json.dumps(frame, ensure_ascii=False)
 
 
 def _text(value: str) -> str:
@@ -468,7 +474,7 @@ async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -
 
 
 async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
-    """Connect a pool, apply the schema under an advisory lock, take a lease."""
+    """Connect a pool and apply the schema under an advisory lock."""
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -484,7 +490,6 @@ async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> Post
     try:
         schema = await _apply_schema(pool)
         database = PostgresDatabase(url, pool, schema)
-        await database.register_node()
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         await pool.close()
         raise Unavailable(f"PostgreSQL at {describe(url)} refused the schema: {exc}") from None
