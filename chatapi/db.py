@@ -31,15 +31,6 @@ class Conflict(Exception):
         self.field = field
 
 
-class Invalid(ValueError):
-    """A value the database cannot store; `field` names it."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field} {problem}")
-        self.field = field
-        self.problem = problem
-
-
 class Unavailable(Exception):
     """The database cannot be reached or refuses us; the message names where, never a password."""
 

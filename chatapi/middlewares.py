@@ -13,7 +13,7 @@ from . import db
 from .auth import USER, authenticate, bearer_token
 from .keys import CONFIG, METRICS
 from .metrics import UNMATCHED
-from .validation import ApiError, invalid
+from .validation import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             503, {"error": "the database is unavailable: try again shortly"}, {"Retry-After": "1"}
         )
-    except db.Invalid as exc:
-        return error_response(400, invalid(exc.field, exc.problem).body())
     except db.Conflict as exc:
         message = f"{exc.field} already taken"
         return error_response(409, {"error": message, "details": {exc.field: "already taken"}})

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .db import Conflict, Database, Draft, Invalid, NotFound, Stored, Unavailable
+from .db import Conflict, Database, Draft, NotFound, Stored, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,8 +151,6 @@ class PostgresDatabase(Database):
             )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict("email" if "email" in (exc.constraint_name or "") else "username") from None
-        except asyncpg.CharacterNotInRepertoireError:
-            raise Invalid("username", "must not contain the character U+0000") from None
         return dict(row)
 
     async def user_by_email(self, email: str) -> dict[str, Any] | None:
@@ -333,14 +331,11 @@ class PostgresDatabase(Database):
     # Chats
 
     async def create_chat(self, name: str, owner_id: int) -> dict[str, Any]:
-        try:
-            row = await self.pool.fetchrow(
-                """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
-                   RETURNING id, name, owner_id, created_at""",
-                name, owner_id,
-            )
-        except asyncpg.CharacterNotInRepertoireError:
-            raise Invalid("name", "must not contain the character U+0000") from None
+        row = await self.pool.fetchrow(
+            """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
+               RETURNING id, name, owner_id, created_at""",
+            name, owner_id,
+        )
         return dict(row)
 
     async def list_chats(self) -> list[dict[str, Any]]:
@@ -454,8 +449,6 @@ def _text(value: str) -> str:
 async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
     if draft.chat_id not in chats:
         return Stored(None, error=f"chat {draft.chat_id} does not exist")
-    if "\x00" in draft.text or (draft.nonce and "\x00" in draft.nonce):
-        return Stored(None, error="text and nonce must not contain the character U+0000")
     row = await conn.fetchrow(
         """INSERT INTO messages (chat_id, owner_id, text, nonce) VALUES ($1, $2, $3, $4)
            ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING

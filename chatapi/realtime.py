@@ -15,7 +15,7 @@ from . import db
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
-from .validation import ApiError, is_int, is_utf8
+from .validation import NUL, ApiError, is_int, is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +174,16 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
         raise FrameError(f"text must be at most {max_text} characters")
     if not is_utf8(text):
         raise FrameError("text must be valid Unicode (no lone surrogates)")
+    if NUL in text:
+        raise FrameError("text must not contain the character U+0000")
     nonce = frame.get("nonce")
     if nonce is not None and not (
         isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
+        and NUL not in nonce
     ):
-        raise FrameError(f"nonce must be a string of 1 to {MAX_NONCE} characters")
+        raise FrameError(
+            f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
+        )
 
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     was_subscribed = chat_id in conn.subscriptions

@@ -17,6 +17,7 @@ from . import db, security
 from .auth import USER, public
 from .keys import CONFIG, DB, HUB, SECRET, THROTTLE
 from .validation import (
+    NUL,
     ApiError,
     has_control_characters,
     invalid,
@@ -77,7 +78,7 @@ def auth_json(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
 
 def email_field(body: dict[str, Any]) -> str:
     email = string_field(body, "email", max_len=254, strip=True)
-    if not EMAIL.fullmatch(email):
+    if not EMAIL.fullmatch(email) or NUL in email:
         raise invalid("email", "must be a valid email address")
     return email.lower()
 

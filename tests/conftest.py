@@ -11,13 +11,14 @@ half is skipped with one line saying why, unless CHATAPI_TEST_POSTGRES=required.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import os
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -82,27 +83,58 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
-@pytest.fixture
-def backend(request) -> str:
-    """'sqlite' or 'postgres': the backend this run of the test uses."""
-    if request.param == "postgres":
+BACKENDS = ["sqlite", "postgres"]
+
+
+def require_backend(backend: str) -> str:
+    """`backend`, unless it is PostgreSQL and cannot be reached: then skip (or fail, when
+    CHATAPI_TEST_POSTGRES=required)."""
+    if backend == "postgres":
         problem = postgres_problem()
         if problem and POSTGRES_REQUIRED:
             pytest.fail(f"CHATAPI_TEST_POSTGRES=required but PostgreSQL cannot be reached: {problem}")
         if problem:
             pytest.skip(f"PostgreSQL cannot be reached: {problem}")
-    return request.param
+    return backend
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """'sqlite' or 'postgres': the backend this run of the test uses."""
+    return require_backend(request.param)
+
+
+def _schema() -> tuple[str, str, str]:
+    """(schema, URL of it, statement creating it): a fresh schema of the test database."""
+    schema = f"t{os.getpid()}_{next(_counter)}"
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}search_path={quote(schema)}"
+    return schema, url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
 
 
 @pytest.fixture
 async def postgres_url():
     """The URL of a fresh, empty schema in the test PostgreSQL database (dropped after)."""
-    schema = f"t{os.getpid()}_{next(_counter)}"
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    await run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
-    yield f"{POSTGRES_URL}{separator}search_path={quote(schema)}"
+    schema, url, create = _schema()
+    await run_sql(POSTGRES_URL, create)
+    yield url
     # A new connection: a test may have restarted PostgreSQL meanwhile.
     await run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@contextlib.contextmanager
+def database_for(backend: str, directory: Path) -> Iterator[str]:
+    """A database setting for a server that outlives one test (a module's): a SQLite file
+    in `directory`, or a fresh PostgreSQL schema, dropped after. Not for use inside a loop."""
+    if require_backend(backend) == "sqlite":
+        yield str(directory / "chat.db")
+        return
+    schema, url, create = _schema()
+    asyncio.run(run_sql(POSTGRES_URL, create))
+    try:
+        yield url
+    finally:
+        asyncio.run(run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import socket
 
 import aiohttp
 import pytest
-from conftest import connect, create_chat, next_frame, no_frame
+from conftest import assert_error, connect, create_chat, next_frame, no_frame
 
 from chatapi import create_app
 from chatapi.keys import HUB
@@ -270,3 +270,20 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(aiohttp_client, conf
             break
         await asyncio.sleep(0.02)
     assert not app[HUB].connections
+
+
+async def test_the_character_u0000_is_refused_in_everything_stored(client, register):
+    """PostgreSQL's text cannot hold U+0000; both backends refuse it the same way."""
+    alice = await register(client, "alice")
+    body = {"email": "nul\x00@example.com", "username": "nul-user", "password": "password1"}
+    assert "email" in (await assert_error(await client.post("/auth/reg", json=body), 400))["details"]
+    resp = await client.post("/chats/create", json={"name": "a\x00b"}, headers=alice.headers)
+    assert "name" in (await assert_error(resp, 400))["details"]
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_json({"chat_id": chat, "text": "a\x00b"})
+    assert "U+0000" in (await next_frame(ws, "error"))["error"]
+    await ws.send_json({"chat_id": chat, "text": "fine", "nonce": "n\x00"})
+    assert "nonce" in (await next_frame(ws, "error"))["error"]
+    await ws.send_json({"chat_id": chat, "text": "fine"})
+    assert (await next_frame(ws, "message"))["text"] == "fine"
