@@ -19,8 +19,9 @@ import os
 import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -32,6 +33,7 @@ from chatapi import Config, create_app
 from chatapi.middlewares import RedactingAccessLogger
 
 _counter = itertools.count(1)
+T = TypeVar("T")
 
 POSTGRES_URL = os.environ.get(
     "CHATAPI_TEST_POSTGRES_URL", "postgresql://chatapi:chatapi@127.0.0.1:5432/chatapi_test"
@@ -51,7 +53,7 @@ def postgres_problem() -> str | None:
             await conn.close()
             return ""
 
-        _postgres_problem.append(asyncio.run(probe()))
+        _postgres_problem.append(in_thread(probe()))
     return _postgres_problem[0] or None
 
 
@@ -112,37 +114,41 @@ def _schema() -> tuple[str, str, str]:
     return schema, url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
 
 
-@pytest.fixture
-async def postgres_url():
-    """The URL of a fresh, empty schema in the test PostgreSQL database (dropped after)."""
-    schema, url, create = _schema()
-    await run_sql(POSTGRES_URL, create)
-    yield url
-    # A new connection: a test may have restarted PostgreSQL meanwhile.
-    await run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+def in_thread(coro: Awaitable[T]) -> T:
+    """Run a coroutine to its end on a loop of its own, in a thread of its own: callable
+    from sync fixtures, whatever loop the test itself runs in."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @contextlib.contextmanager
 def database_for(backend: str, directory: Path) -> Iterator[str]:
-    """A database setting for a server that outlives one test (a module's): a SQLite file
-    in `directory`, or a fresh PostgreSQL schema, dropped after. Not for use inside a loop."""
+    """A database setting: a SQLite file in `directory`, or a fresh, empty PostgreSQL
+    schema, dropped after."""
     if require_backend(backend) == "sqlite":
         yield str(directory / "chat.db")
         return
     schema, url, create = _schema()
-    asyncio.run(run_sql(POSTGRES_URL, create))
+    in_thread(run_sql(POSTGRES_URL, create))
     try:
         yield url
     finally:
-        asyncio.run(run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        # A new connection: a test may have restarted PostgreSQL meanwhile.
+        in_thread(run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 @pytest.fixture
-def database(backend, tmp_path, request) -> str:
+def postgres_url(tmp_path) -> Iterator[str]:
+    """The URL of a fresh, empty schema in the test PostgreSQL database (dropped after)."""
+    with database_for("postgres", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def database(backend, tmp_path) -> Iterator[str]:
     """The database setting of this test: a SQLite file, or a PostgreSQL URL."""
-    if backend == "postgres":
-        return request.getfixturevalue("postgres_url")
-    return str(tmp_path / "chat.db")
+    with database_for(backend, tmp_path) as location:
+        yield location
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
