@@ -20,7 +20,7 @@ from . import profiler
 from .common import RESULTS, Outcome, dump_json, pin_generator
 from .report import render, update_benchmarks
 
-SCENARIOS = ("fanout", "ingest", "history", "connections", "login")
+SCENARIOS = ("fanout", "ingest", "history", "connections", "login", "postgres")
 
 
 def main(argv: list[str] | None = None) -> int:
