@@ -42,3 +42,40 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 
 PRAGMA user_version = 1;
+
+-- Teams (schema version 2): admins, chat kinds, members and their read
+-- markers, direct chats, invite codes. chats.kind is added to a version 1
+-- database by chatapi/sqlite.py (SQLite has no ADD COLUMN IF NOT EXISTS).
+
+CREATE TABLE IF NOT EXISTS admins (
+    user_id INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS members (
+    chat_id      INTEGER NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    user_id      INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    role         TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'member')),
+    last_read_id INTEGER NOT NULL DEFAULT 0,         -- moves forward only
+    PRIMARY KEY (chat_id, user_id)
+);
+
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, chat_id);
+
+-- Exactly one direct chat per pair of users: the pair (lower id first) is the key.
+CREATE TABLE IF NOT EXISTS direct_pairs (
+    low_id  INTEGER NOT NULL REFERENCES users (id),
+    high_id INTEGER NOT NULL REFERENCES users (id),
+    chat_id INTEGER NOT NULL UNIQUE REFERENCES chats (id) ON DELETE CASCADE,
+    PRIMARY KEY (low_id, high_id),
+    CHECK (low_id < high_id)
+);
+
+CREATE TABLE IF NOT EXISTS invites (
+    code       TEXT    PRIMARY KEY,
+    created_by INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    expires_at TEXT    NOT NULL,                     -- ISO 8601 UTC, like created_at
+    uses_left  INTEGER NOT NULL CHECK (uses_left >= 0),
+    created_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+PRAGMA user_version = 2;

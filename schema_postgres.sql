@@ -71,3 +71,48 @@ CREATE TABLE IF NOT EXISTS login_failures (
 CREATE INDEX IF NOT EXISTS login_failures_by_key ON login_failures (key, failed_at);
 
 INSERT INTO settings (key, value) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING;
+
+-- Teams (schema version 2): admins, chat kinds, members and their read
+-- markers, direct chats, invite codes.
+
+ALTER TABLE chats ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'public'
+    CHECK (kind IN ('public', 'private', 'direct'));
+
+CREATE TABLE IF NOT EXISTS admins (
+    user_id bigint PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE
+);
+
+CREATE TABLE IF NOT EXISTS members (
+    chat_id      bigint NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    user_id      bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    role         text   NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'member')),
+    last_read_id bigint NOT NULL DEFAULT 0,          -- moves forward only
+    PRIMARY KEY (chat_id, user_id)
+);
+
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, chat_id);
+
+-- Exactly one direct chat per pair of users: the pair (lower id first) is the key.
+CREATE TABLE IF NOT EXISTS direct_pairs (
+    low_id  bigint NOT NULL REFERENCES users (id),
+    high_id bigint NOT NULL REFERENCES users (id),
+    chat_id bigint NOT NULL UNIQUE REFERENCES chats (id) ON DELETE CASCADE,
+    PRIMARY KEY (low_id, high_id),
+    CHECK (low_id < high_id)
+);
+
+CREATE TABLE IF NOT EXISTS invites (
+    code       text   PRIMARY KEY,
+    created_by bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    expires_at text   NOT NULL,                      -- ISO 8601 UTC, like created_at
+    uses_left  integer NOT NULL CHECK (uses_left >= 0),
+    created_at text   NOT NULL
+        DEFAULT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+);
+
+-- From version 1: the creators of existing chats become their owners (once).
+INSERT INTO members (chat_id, user_id, role)
+    SELECT id, owner_id, 'owner' FROM chats
+    WHERE (SELECT value FROM settings WHERE key = 'schema_version') = '1'
+    ON CONFLICT DO NOTHING;
+UPDATE settings SET value = '2' WHERE key = 'schema_version' AND value = '1';

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import chats, db, openapi, realtime, users
+from . import chats, db, openapi, realtime, teams, users
 from .auth import public
 from .bus import bus_for
 from .config import Config
@@ -140,12 +140,13 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/users/me", users.me)
     app.router.add_get("/users/", users.list_users)
     app.router.add_get("/users", users.list_users)
-    app.router.add_post("/chats/create", chats.create_chat)
-    app.router.add_get("/chats/", chats.list_chats)
-    app.router.add_get("/chats", chats.list_chats)
+    app.router.add_post("/chats/create", teams.create_chat)
+    app.router.add_get("/chats/", teams.list_chats)
+    app.router.add_get("/chats", teams.list_chats)
     # No automatic HEAD: the streamed body would be written anyway.
     app.router.add_get("/chats/messages", chats.chat_messages, allow_head=False)
     app.router.add_get("/chats/ws", realtime.chat_socket)
+    teams.add_routes(app)
     app.router.add_get("/health", health)
     if config.metrics:
         app.router.add_get("/metrics", metrics_page)

@@ -35,6 +35,10 @@ class Bus:
         every process."""
         self.hub.broadcast(json.dumps(frame, ensure_ascii=False))
 
+    def route(self, event: dict[str, Any]) -> None:
+        """An event of a chat or of some users (see Hub.route) for every process."""
+        self.hub.route(event)
+
     async def follow(self, chat_id: int) -> None:
         """Called when a socket subscribes: from here on, new messages of the chat reach it."""
 

@@ -8,27 +8,14 @@ from contextlib import aclosing
 
 from aiohttp import web
 
-from . import db
+from . import db, teams
 from .auth import USER
 from .keys import DB
-from .validation import NUL, ApiError, int_query, invalid, json_object, string_field
+from .validation import int_query
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-
-
-async def create_chat(request: web.Request) -> web.Response:
-    body = await json_object(request)
-    name = string_field(body, "name", max_len=255, strip=True)
-    if NUL in name:
-        raise invalid("name", "must not contain the character U+0000")
-    chat = await db.create_chat(request.app[DB], name, request[USER]["id"])
-    return web.json_response(chat, status=201)
-
-
-async def list_chats(request: web.Request) -> web.Response:
-    return web.json_response(await db.list_chats(request.app[DB]))
 
 
 async def chat_messages(request: web.Request) -> web.StreamResponse:
@@ -39,8 +26,9 @@ async def chat_messages(request: web.Request) -> web.StreamResponse:
     before = int_query(request, "before")
     after = int_query(request, "after", min_value=0)
     database = request.app[DB]
-    if not 1 <= chat_id <= db.MAX_ID or not await db.chat_exists(database, chat_id):
-        raise ApiError(404, f"chat {chat_id} does not exist")
+    # A private chat the caller is not a member of answers as an unknown chat.
+    if await teams.visible_chat(request.app, chat_id, request[USER]) is None:
+        raise teams.unknown_chat(chat_id)
     rows = db.chat_messages_json(database, chat_id, limit=limit, before=before, after=after)
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)

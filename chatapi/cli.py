@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--email", required=True)
     create.add_argument("--username", required=True)
+    create.add_argument("--admin", action="store_true", help="make the account an admin")
     reset = commands.add_parser(
         "reset-password",
         help="set a new password (from a prompt or stdin) and revoke the user's tokens",
@@ -62,7 +63,13 @@ def parser() -> argparse.ArgumentParser:
     reset.add_argument("--email", required=True)
     export = commands.add_parser("export", help="print a chat's messages as JSON lines")
     export.add_argument("--chat", type=int, required=True, help="chat id")
-    for command in (create, reset, export):
+    grant = commands.add_parser("grant-admin", help="make a user an admin")
+    grant.add_argument("--email", required=True)
+    revoke = commands.add_parser("revoke-admin", help="take the admin role from a user")
+    revoke.add_argument("--email", required=True)
+    list_users = commands.add_parser("list-users", help="print every user as JSON lines")
+    list_chats = commands.add_parser("list-chats", help="print every chat as JSON lines")
+    for command in (create, reset, export, grant, revoke, list_users, list_chats):
         command.add_argument("--db", dest="db_path", default=argparse.SUPPRESS, help=db_help)
     return p
 
@@ -81,18 +88,20 @@ class CommandError(Exception):
     """An admin command failed for a reason the operator can fix."""
 
 
-async def create_user(config: Config, email: str, username: str) -> None:
+async def create_user(config: Config, email: str, username: str, admin: bool = False) -> None:
     body = {"email": email, "username": username, "password": read_password()}
     email, username, password = checked(users.registration_fields, body)
     password_hash = security.hash_password(password, config.bcrypt_rounds)
     database = await db.open_database(config.db_path)
     try:
         user = await db.create_user(database, email, username, password_hash)
+        if admin:
+            user = await db.set_admin(database, email, True)
     except db.Conflict as exc:
         raise CommandError(f"{exc.field} already taken") from None
     finally:
         await database.close()
-    print(json.dumps({"id": user["id"], "email": user["email"], "username": user["username"]}))
+    print(json.dumps(_user_line(user)))
 
 
 async def reset_password(config: Config, email: str) -> None:
@@ -115,6 +124,40 @@ async def export_chat(config: Config, chat_id: int) -> None:
             raise CommandError(f"chat {chat_id} does not exist")
         async for message in db.chat_messages_json(database, chat_id):
             sys.stdout.write(message + "\n")
+    finally:
+        await database.close()
+
+
+def _user_line(user: dict[str, Any]) -> dict[str, Any]:
+    fields = ("id", "email", "username")
+    return {**{field: user[field] for field in fields}, "is_admin": bool(user["is_admin"])}
+
+
+async def set_admin(config: Config, email: str, admin: bool) -> None:
+    database = await db.open_database(config.db_path)
+    try:
+        user = await db.set_admin(database, email.strip().lower(), admin)
+    except db.NotFound as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        await database.close()
+    print(json.dumps(_user_line(user)))
+
+
+async def list_users(config: Config) -> None:
+    database = await db.open_database(config.db_path)
+    try:
+        for user in await db.list_users(database):
+            print(json.dumps(_user_line(user), ensure_ascii=False))
+    finally:
+        await database.close()
+
+
+async def list_chats(config: Config) -> None:
+    database = await db.open_database(config.db_path)
+    try:
+        for chat in await db.list_chats(database):
+            print(json.dumps(chat, ensure_ascii=False))
     finally:
         await database.close()
 
@@ -161,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = from_env(host=args.host, port=args.port, db_path=args.db_path)
         if args.command == "create-user":
-            asyncio.run(create_user(config, args.email, args.username))
+            asyncio.run(create_user(config, args.email, args.username, args.admin))
+        elif args.command in ("grant-admin", "revoke-admin"):
+            asyncio.run(set_admin(config, args.email, args.command == "grant-admin"))
+        elif args.command == "list-users":
+            asyncio.run(list_users(config))
+        elif args.command == "list-chats":
+            asyncio.run(list_chats(config))
         elif args.command == "reset-password":
             asyncio.run(reset_password(config, args.email))
         elif args.command == "export":

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+REGISTRATION_MODES = ("open", "invite", "closed")
+
 
 class ConfigError(ValueError):
     """A setting is invalid; the message is one line naming the setting."""
@@ -41,6 +43,11 @@ class Config:
     frames_per_second: float = 20.0  # sustained client frames per socket
     frame_burst: int = 60  # client frames a socket may send at once
     max_sockets_per_user: int = 32
+    # Teams: who may register ("open", "invite" or "closed"), whether members (not
+    # only admins) create invite codes, whether other users' emails are shown.
+    registration: str = "open"
+    member_invites: bool = False
+    show_emails: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -57,6 +64,11 @@ class Config:
             raise ConfigError("heartbeat must be positive")
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ConfigError("bcrypt rounds must be between 4 and 31")
+        if self.registration not in REGISTRATION_MODES:
+            raise ConfigError(
+                f"CHATAPI_REGISTRATION must be one of {', '.join(REGISTRATION_MODES)}, "
+                f"got {self.registration!r}"
+            )
         for name in (
             "max_body", "max_frame", "max_text", "outbox_limit", "login_failures_per_account",
             "login_failures_per_address", "login_window", "frames_per_second", "frame_burst",
@@ -136,6 +148,9 @@ ENVIRONMENT = {
     "CHATAPI_LOGIN_FAILURES": ("login_failures_per_account", int),
     "CHATAPI_FRAMES_PER_SECOND": ("frames_per_second", float),
     "CHATAPI_MAX_SOCKETS_PER_USER": ("max_sockets_per_user", int),
+    "CHATAPI_REGISTRATION": ("registration", lambda text: text.strip().lower()),
+    "CHATAPI_MEMBER_INVITES": ("member_invites", parse_bool),
+    "CHATAPI_SHOW_EMAILS": ("show_emails", parse_bool),
 }
 
 

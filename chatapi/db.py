@@ -31,6 +31,10 @@ class Conflict(Exception):
         self.field = field
 
 
+class LastOwner(Exception):
+    """The change would leave a chat without an owner."""
+
+
 class Unavailable(Exception):
     """The database cannot be reached or refuses us; the message names where, never a password."""
 
@@ -126,6 +130,55 @@ class Database(ABC):
 
     @abstractmethod
     async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]: ...
+
+    # Teams: admins, chat kinds, members, read markers, invites
+
+    @abstractmethod
+    async def set_admin(self, email: str, admin: bool) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def create_team_chat(
+        self, name: str, kind: str, owner_id: int, member_ids: Sequence[int]
+    ) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def direct_chat(
+        self, user_id: int, other_id: int, name: str
+    ) -> tuple[dict[str, Any], bool]: ...
+
+    @abstractmethod
+    async def chat_access(self, chat_id: int, user_id: int) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def members_of(self, chat_id: int) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def add_member(self, chat_id: int, user_id: int, role: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def remove_member(self, chat_id: int, user_id: int) -> bool: ...
+
+    @abstractmethod
+    async def set_role(self, chat_id: int, user_id: int, role: str) -> bool: ...
+
+    @abstractmethod
+    async def mark_read(self, chat_id: int, user_id: int, message_id: int) -> int: ...
+
+    @abstractmethod
+    async def create_invite(
+        self, code: str, created_by: int, expires_at: str, uses: int
+    ) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def invite_usable(self, code: str, now: str) -> bool: ...
+
+    @abstractmethod
+    async def create_user_with_invite(
+        self, email: str, username: str, password_hash: str, code: str, now: str
+    ) -> dict[str, Any]: ...
 
     async def pages(
         self,
@@ -286,3 +339,89 @@ async def insert_messages(db: Database, drafts: Sequence[Draft]) -> list[Stored]
     commit in increasing order, whatever the number of writers.
     """
     return await db.insert_messages(drafts)
+
+
+# Teams: admins, chat kinds, members, read markers, invites.
+# Roles are 'owner' and 'member'; kinds 'public', 'private' and 'direct'.
+
+
+async def set_admin(db: Database, email: str, admin: bool) -> dict[str, Any]:
+    """Grant or revoke the admin role of the user with this email; NotFound if none."""
+    return await db.set_admin(email, admin)
+
+
+async def create_team_chat(
+    db: Database, name: str, kind: str, owner_id: int, member_ids: Sequence[int] = ()
+) -> dict[str, Any]:
+    """Insert a public or private chat, its creator as owner and `member_ids` as members,
+    in one transaction; NotFound when a member id names no user."""
+    return await db.create_team_chat(name, kind, owner_id, member_ids)
+
+
+async def direct_chat(
+    db: Database, user_id: int, other_id: int, name: str
+) -> tuple[dict[str, Any], bool]:
+    """The direct chat of two users, created (both as owners) if they have none:
+    (chat, created). Exactly one per pair, however many ask at once; NotFound if
+    `other_id` names no user."""
+    return await db.direct_chat(user_id, other_id, name)
+
+
+async def chat_access(db: Database, chat_id: int, user_id: int) -> dict[str, Any] | None:
+    """The chat with its kind and the user's `role` in it (None when not a member),
+    or None when no chat has this id."""
+    return await db.chat_access(chat_id, user_id)
+
+
+async def chats_of(db: Database, user_id: int, cap: int) -> list[dict[str, Any]]:
+    """Public chats and the user's own, by id: kind, role, last_read_id, `unread` (the
+    others' messages among the first `cap` + 1 after the marker, for member chats) and
+    for a direct chat the other user (`other_id`, `other_username`)."""
+    return await db.chats_of(user_id, cap)
+
+
+async def members_of(db: Database, chat_id: int) -> list[dict[str, Any]]:
+    """{user_id, username, role, last_read_id} of each member, by user id."""
+    return await db.members_of(chat_id)
+
+
+async def add_member(db: Database, chat_id: int, user_id: int, role: str) -> dict[str, Any] | None:
+    """Make a user a member: {user_id, username, role}, or None when already one;
+    NotFound if no such user."""
+    return await db.add_member(chat_id, user_id, role)
+
+
+async def remove_member(db: Database, chat_id: int, user_id: int) -> bool:
+    """Remove a member; False if not one, LastOwner if the chat would have no owner."""
+    return await db.remove_member(chat_id, user_id)
+
+
+async def set_role(db: Database, chat_id: int, user_id: int, role: str) -> bool:
+    """Change a member's role; False if not a member, LastOwner if no owner would remain."""
+    return await db.set_role(chat_id, user_id, role)
+
+
+async def mark_read(db: Database, chat_id: int, user_id: int, message_id: int) -> int:
+    """Move the member's read marker forward to `message_id` (at most the chat's last
+    message); the marker afterwards."""
+    return await db.mark_read(chat_id, user_id, message_id)
+
+
+async def create_invite(
+    db: Database, code: str, created_by: int, expires_at: str, uses: int
+) -> dict[str, Any]:
+    """Store an invite code: {code, expires_at, uses_left, created_at}."""
+    return await db.create_invite(code, created_by, expires_at, uses)
+
+
+async def invite_usable(db: Database, code: str, now: str) -> bool:
+    """True when the code exists, has uses left and expires after `now`."""
+    return await db.invite_usable(code, now)
+
+
+async def create_user_with_invite(
+    db: Database, email: str, username: str, password_hash: str, code: str, now: str
+) -> dict[str, Any]:
+    """Spend one use of an invite code and insert the user, in one transaction;
+    NotFound('invite') when the code is unusable, Conflict as create_user."""
+    return await db.create_user_with_invite(email, username, password_hash, code, now)

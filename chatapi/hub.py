@@ -96,6 +96,8 @@ class Connection:
         self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
         # chat id -> the last message id a catch-up sent: older ones are not sent again
         self.floors: dict[int, int] = {}
+        # chats this socket's user was found to be a member of; a removal clears it
+        self.member_of: set[int] = set()
         self.dropped = False
         self._limit = limit
         self._metrics = metrics
@@ -343,3 +345,28 @@ class Hub:
         for conn in sockets:
             conn.close(code, reason)
         await asyncio.gather(*(conn.closed() for conn in sockets))
+
+    # Teams: events of a chat or of some users
+
+    def route(self, event: dict[str, Any]) -> None:
+        """Deliver an event to this process's sockets.
+
+        `event`: "frame" (the frame to send), "chat_id", "to_subscribers" (the chat's
+        subscribers get it), "users" (ids whose sockets get it), "revoke" (a user id
+        whose sockets first lose the chat: unsubscribed at once, which also ends a
+        catch-up that is running).
+        """
+        chat_id = event.get("chat_id")
+        revoke = event.get("revoke")
+        if revoke is not None and chat_id is not None:
+            for conn in list(self._by_user.get(revoke, ())):
+                conn.member_of.discard(chat_id)
+                self.unsubscribe(chat_id, conn)
+        targets: set[Connection] = set()
+        if event.get("to_subscribers") and chat_id is not None:
+            targets |= self._subscribers.get(chat_id, set())
+        for user_id in event.get("users", ()):
+            targets |= self._by_user.get(user_id, set())
+        frame = json.dumps(event["frame"], ensure_ascii=False)
+        for conn in targets:
+            conn.send(frame)

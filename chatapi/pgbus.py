@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -23,7 +24,15 @@ import asyncpg
 
 from .bus import Bus
 from .hub import Hub
-from .postgres import CATCH_UP_ROWS, DOWN, MAX_PAYLOAD, PostgresDatabase, event_payload
+from .postgres import (
+    CATCH_UP_ROWS,
+    DOWN,
+    MAX_PAYLOAD,
+    ROUTED,
+    PostgresDatabase,
+    event_payload,
+    routed_payload,
+)
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -67,6 +76,14 @@ class PostgresBus(Bus):
             return
         self._spawn(self._notify(payload))
 
+    def route(self, event: dict[str, Any]) -> None:
+        super().route(event)  # this process's sockets now; the others by notification
+        payload = routed_payload(self.origin, event)
+        if len(payload.encode()) >= MAX_PAYLOAD:
+            log.warning("event %r too large to reach other processes", event["frame"].get("type"))
+            return
+        self._spawn(self._notify(payload))
+
     async def _notify(self, payload: str) -> None:
         try:
             await self.db.notify(payload)
@@ -99,6 +116,10 @@ class PostgresBus(Bus):
                 self._spawn(self.check_tokens([int(rest)]))
             elif kind == "p":
                 self._spawn(self.announce_presence([int(i) for i in rest.split(",")]))
+            elif kind == ROUTED:
+                origin, _, event = rest.partition(":")
+                if origin != self.origin:
+                    self.hub.route(json.loads(event))
             elif kind == "e":
                 origin, _, frame = rest.partition(":")
                 if origin != self.origin:  # this process delivered its own already

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .db import Conflict, Database, Draft, NotFound, Stored, Unavailable
+from .db import Conflict, Database, Draft, LastOwner, NotFound, Stored, Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
@@ -46,12 +46,14 @@ DOWN = (*AWAY, asyncpg.PostgresError, Unavailable)
 
 # Notification kinds: "m:<chat id>,..." new messages in these chats,
 # "u:<user id>" tokens revoked, "p:<user id>,..." presence changed,
-# "e:<node>:<json>" an event frame for every socket.
-MESSAGES, TOKENS, PRESENCE, EVENT = "m", "u", "p", "e"
+# "e:<node>:<json>" an event frame for every socket, "t:<node>:<json>" an event
+# of a chat or of some users (chatapi.hub.Hub.route).
+MESSAGES, TOKENS, PRESENCE, EVENT, ROUTED = "m", "u", "p", "e", "t"
 
 _ONLINE = """(EXISTS (SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
                    WHERE p.user_id = users.id AND n.lease_until > now()))::int AS is_online"""
-_USER_COLUMNS = f"id, email, username, password_hash, token_version, {_ONLINE}, created_at"
+_USER_COLUMNS = f"""id, email, username, password_hash, token_version, {_ONLINE}, created_at,
+    EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
 # One message as the JSON text of the history, built by PostgreSQL (`nonce`
 # only when the sender gave one: it is the only column that can be null).
@@ -339,7 +341,9 @@ class PostgresDatabase(Database):
         return dict(row)
 
     async def list_chats(self) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch("""SELECT id, name, owner_id, created_at FROM chats ORDER BY id""")
+        rows = await self.pool.fetch(
+            """SELECT id, name, owner_id, created_at, kind FROM chats ORDER BY id"""
+        )
         return [dict(row) for row in rows]
 
     async def chat_exists(self, chat_id: int) -> bool:
@@ -435,10 +439,212 @@ class PostgresDatabase(Database):
         """Connections of the pool in use now."""
         return self.pool.get_size() - self.pool.get_idle_size()
 
+    # Teams: admins, chat kinds, members, read markers, invites
+
+    async def set_admin(self, email: str, admin: bool) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            user_id = await conn.fetchval("""SELECT id FROM users WHERE email = $1""", _text(email))
+            if user_id is None:
+                raise NotFound(f"no user with email {email}")
+            if admin:
+                await conn.execute(
+                    """INSERT INTO admins (user_id) VALUES ($1) ON CONFLICT DO NOTHING""", user_id
+                )
+            else:
+                await conn.execute("""DELETE FROM admins WHERE user_id = $1""", user_id)
+            user = await conn.fetchrow(f"""SELECT {_USER_COLUMNS} FROM users WHERE id = $1""", user_id)
+        return dict(user)
+
+    async def create_team_chat(
+        self, name: str, kind: str, owner_id: int, member_ids: Sequence[int]
+    ) -> dict[str, Any]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                chat = await conn.fetchrow(
+                    f"""INSERT INTO chats (name, owner_id, kind) VALUES ($1, $2, $3)
+                        RETURNING {_CHAT_COLUMNS}""",
+                    name, owner_id, kind,
+                )
+                await conn.execute(
+                    """INSERT INTO members (chat_id, user_id, role)
+                       SELECT $1, u, CASE WHEN u = $2 THEN 'owner' ELSE 'member' END
+                       FROM unnest($3::bigint[]) AS u
+                       ON CONFLICT DO NOTHING""",
+                    chat["id"], owner_id, [owner_id, *member_ids],
+                )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("a member id names no user") from None
+        return dict(chat)
+
+    async def direct_chat(
+        self, user_id: int, other_id: int, name: str
+    ) -> tuple[dict[str, Any], bool]:
+        low, high = sorted((user_id, other_id))
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Two processes creating the same pair at once: the second waits here,
+            # then finds the first one's chat (each statement sees the latest commits).
+            await conn.execute(
+                """SELECT pg_advisory_xact_lock(hashtext('chatapi direct ' || current_schema()),
+                                                hashtext($1::text))""",
+                f"{low}:{high}",
+            )
+            row = await conn.fetchrow(
+                """SELECT c.id, c.name, c.owner_id, c.created_at, c.kind
+                   FROM direct_pairs d JOIN chats c ON c.id = d.chat_id
+                   WHERE d.low_id = $1 AND d.high_id = $2""",
+                low, high,
+            )
+            if row is not None:
+                return dict(row), False
+            if not await conn.fetchval("""SELECT 1 FROM users WHERE id = $1""", other_id):
+                raise NotFound(f"no user with id {other_id}")
+            chat = await conn.fetchrow(
+                f"""INSERT INTO chats (name, owner_id, kind) VALUES ($1, $2, 'direct')
+                    RETURNING {_CHAT_COLUMNS}""",
+                name, user_id,
+            )
+            await conn.execute(
+                """INSERT INTO direct_pairs (low_id, high_id, chat_id) VALUES ($1, $2, $3)""",
+                low, high, chat["id"],
+            )
+            await conn.execute(
+                """INSERT INTO members (chat_id, user_id, role)
+                   VALUES ($1, $2, 'owner'), ($1, $3, 'owner')""",
+                chat["id"], low, high,
+            )
+        return dict(chat), True
+
+    async def chat_access(self, chat_id: int, user_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            """SELECT c.id, c.name, c.owner_id, c.created_at, c.kind, m.role FROM chats c
+               LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = $2
+               WHERE c.id = $1""",
+            chat_id, user_id,
+        )
+        return dict(row) if row else None
+
+    async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]:
+        # Each count reads at most cap + 1 index entries past the marker.
+        rows = await self.pool.fetch(
+            """SELECT c.id, c.name, c.owner_id, c.created_at, c.kind, m.role, m.last_read_id,
+                      w.unread, w.counted, o.id AS other_id, o.username AS other_username
+               FROM chats c
+               LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = $1
+               LEFT JOIN LATERAL (
+                   SELECT count(*) FILTER (WHERE x.owner_id <> $1) AS unread, count(*) AS counted
+                   FROM (SELECT owner_id FROM messages
+                         WHERE chat_id = c.id AND id > m.last_read_id
+                         ORDER BY id LIMIT $2) x) w ON m.user_id IS NOT NULL
+               LEFT JOIN direct_pairs d ON d.chat_id = c.id
+               LEFT JOIN users o
+                   ON o.id = CASE WHEN d.low_id = $1 THEN d.high_id ELSE d.low_id END
+               WHERE c.kind = 'public' OR m.user_id IS NOT NULL
+               ORDER BY c.id""",
+            user_id, cap + 1,
+        )
+        return [dict(row) for row in rows]
+
+    async def members_of(self, chat_id: int) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            """SELECT m.user_id, u.username, m.role, m.last_read_id
+               FROM members m JOIN users u ON u.id = m.user_id
+               WHERE m.chat_id = $1 ORDER BY m.user_id""",
+            chat_id,
+        )
+        return [dict(row) for row in rows]
+
+    async def add_member(self, chat_id: int, user_id: int, role: str) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            username = await conn.fetchval("""SELECT username FROM users WHERE id = $1""", user_id)
+            if username is None:
+                raise NotFound(f"no user with id {user_id}")
+            added = await conn.fetchval(
+                """INSERT INTO members (chat_id, user_id, role) VALUES ($1, $2, $3)
+                   ON CONFLICT DO NOTHING RETURNING role""",
+                chat_id, user_id, role,
+            )
+        if added is None:
+            return None
+        return {"user_id": user_id, "username": username, "role": role}
+
+    async def remove_member(self, chat_id: int, user_id: int) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await _last_owner(conn, chat_id, user_id):
+                raise LastOwner()
+            status = await conn.execute(
+                """DELETE FROM members WHERE chat_id = $1 AND user_id = $2""", chat_id, user_id
+            )
+        return status != "DELETE 0"
+
+    async def set_role(self, chat_id: int, user_id: int, role: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if role != "owner" and await _last_owner(conn, chat_id, user_id):
+                raise LastOwner()
+            status = await conn.execute(
+                """UPDATE members SET role = $3 WHERE chat_id = $1 AND user_id = $2""",
+                chat_id, user_id, role,
+            )
+        return status != "UPDATE 0"
+
+    async def mark_read(self, chat_id: int, user_id: int, message_id: int) -> int:
+        marker = await self.pool.fetchval(
+            """UPDATE members SET last_read_id = greatest(last_read_id, least($3::bigint,
+                   (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1)))
+               WHERE chat_id = $1 AND user_id = $2
+               RETURNING last_read_id""",
+            chat_id, user_id, message_id,
+        )
+        if marker is None:
+            raise NotFound(f"user {user_id} is not a member of chat {chat_id}")
+        return marker
+
+    async def create_invite(
+        self, code: str, created_by: int, expires_at: str, uses: int
+    ) -> dict[str, Any]:
+        row = await self.pool.fetchrow(
+            """INSERT INTO invites (code, created_by, expires_at, uses_left)
+               VALUES ($1, $2, $3, $4) RETURNING code, expires_at, uses_left, created_at""",
+            code, created_by, expires_at, uses,
+        )
+        return dict(row)
+
+    async def invite_usable(self, code: str, now: str) -> bool:
+        return bool(await self.pool.fetchval(
+            """SELECT 1 FROM invites WHERE code = $1 AND uses_left > 0 AND expires_at > $2""",
+            _text(code), now,
+        ))
+
+    async def create_user_with_invite(
+        self, email: str, username: str, password_hash: str, code: str, now: str
+    ) -> dict[str, Any]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                spent = await conn.fetchval(
+                    """UPDATE invites SET uses_left = uses_left - 1
+                       WHERE code = $1 AND uses_left > 0 AND expires_at > $2 RETURNING code""",
+                    _text(code), now,
+                )
+                if spent is None:
+                    raise NotFound("invite")
+                row = await conn.fetchrow(
+                    f"""INSERT INTO users (email, username, username_key, password_hash)
+                            VALUES ($1, $2, $3, $4)
+                            RETURNING {_USER_COLUMNS}""",
+                    email, username, username.casefold(), password_hash,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("email" if "email" in (exc.constraint_name or "") else "username") from None
+        return dict(row)
+
 
 def event_payload(origin: str, frame: dict[str, Any]) -> str:
     """The notification carrying an event frame (from the process called `origin`)."""
     return f"{EVENT}:{origin}:" + json.dumps(frame, ensure_ascii=False)
+
+
+def routed_payload(origin: str, event: dict[str, Any]) -> str:
+    """The notification carrying a routed event (from the process called `origin`)."""
+    return f"{ROUTED}:{origin}:" + json.dumps(event, ensure_ascii=False)
 
 
 def _text(value: str) -> str:
@@ -509,3 +715,16 @@ async def _apply_schema(pool: asyncpg.Pool) -> str:
                 )
         await conn.execute(schema_sql())
         return await conn.fetchval("""SELECT current_schema()""")
+
+
+# Teams
+
+_CHAT_COLUMNS = "id, name, owner_id, created_at, kind"
+
+
+async def _last_owner(conn: asyncpg.Connection, chat_id: int, user_id: int) -> bool:
+    """True when the user is the chat's only owner (the chat's owner rows locked meanwhile)."""
+    owners = await conn.fetch(
+        """SELECT user_id FROM members WHERE chat_id = $1 AND role = 'owner' FOR UPDATE""", chat_id
+    )
+    return [row["user_id"] for row in owners] == [user_id]

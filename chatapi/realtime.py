@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from . import db
+from . import db, teams
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
@@ -144,9 +144,11 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
             await join(app, conn, frame)
         elif kind == "leave":
             leave(app, conn, frame)
+        elif kind == "read":
+            await read(app, conn, frame)
         else:
             raise FrameError(
-                "unknown frame type: expected 'message', 'join' or 'leave'"
+                "unknown frame type: expected 'message', 'join', 'leave' or 'read'"
             )
     except FrameError as exc:
         extra = {"nonce": frame["nonce"]} if isinstance(frame.get("nonce"), str) else {}
@@ -185,6 +187,10 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
             f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
         )
 
+    if chat_id not in conn.member_of:
+        if not await teams.enter_chat(app, conn.user_id, chat_id):
+            raise FrameError(f"chat {chat_id} does not exist")
+        conn.member_of.add(chat_id)
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     was_subscribed = chat_id in conn.subscriptions
     app[HUB].subscribe(chat_id, conn)
@@ -206,8 +212,9 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     since = frame.get("since")
     if since is not None and not (is_int(since) and 0 <= since <= db.MAX_ID):
         raise FrameError("since must be a message id (an integer of 0 or more)")
-    if not await db.chat_exists(app[DB], chat_id):
+    if not await teams.enter_chat(app, conn.user_id, chat_id):
         raise FrameError(f"chat {chat_id} does not exist")
+    conn.member_of.add(chat_id)
     hub = app[HUB]
     if since is None:
         hub.subscribe(chat_id, conn)
@@ -222,10 +229,13 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         await app[BUS].follow(chat_id)
         last_sent = since
         async for message in db.chat_messages(app[DB], chat_id, after=since):
-            await conn.send_paced(message_frame(message))
-            if conn.dropped:
+            # A removal (from any process) unsubscribes the socket: stop at once.
+            if conn.dropped or chat_id not in conn.subscriptions:
                 return
+            await conn.send_paced(message_frame(message))
             last_sent = message["id"]
+        if conn.dropped or chat_id not in conn.subscriptions:
+            return
         conn.go_live(chat_id, last_sent)
     conn.send(json.dumps({"type": "joined", "chat_id": chat_id}))
 
@@ -234,3 +244,12 @@ def leave(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None
     chat_id = chat_id_of(frame)
     app[HUB].unsubscribe(chat_id, conn)
     conn.send(json.dumps({"type": "left", "chat_id": chat_id}))
+
+
+async def read(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
+    """A read marker moved: every socket of the user (this one too) gets a `read` frame."""
+    chat_id = chat_id_of(frame)
+    try:
+        await teams.mark_read(app, conn.user_id, chat_id, frame.get("message_id"))
+    except ApiError as exc:
+        raise FrameError(exc.message) from None

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .db import Conflict, Database, Draft, NotFound, Stored
+from .db import Conflict, Database, Draft, LastOwner, NotFound, Stored
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 T = TypeVar("T")
 
 
@@ -157,7 +157,7 @@ class SQLiteDatabase(Database):
             return dict(await cursor.fetchone())
 
     async def list_chats(self) -> list[dict[str, Any]]:
-        rows = await self.read("""SELECT id, name, owner_id, created_at FROM chats ORDER BY id""")
+        rows = await self.read("""SELECT id, name, owner_id, created_at, kind FROM chats ORDER BY id""")
         return [dict(row) for row in rows]
 
     async def chat_exists(self, chat_id: int) -> bool:
@@ -213,8 +213,211 @@ class SQLiteDatabase(Database):
             # inserts, so ids commit in increasing order.
             return await self.run_on_writer(_insert_batch, drafts)
 
+    # Teams: admins, chat kinds, members, read markers, invites
 
-_USER_COLUMNS = "id, email, username, password_hash, token_version, is_online, created_at"
+    async def set_admin(self, email: str, admin: bool) -> dict[str, Any]:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall("""SELECT id FROM users WHERE email = ?""", (email,))
+            if not rows:
+                raise NotFound(f"no user with email {email}")
+            user_id = rows[0][0]
+            if admin:
+                await conn.execute(
+                    """INSERT OR IGNORE INTO admins (user_id) VALUES (?)""", (user_id,)
+                )
+            else:
+                await conn.execute("""DELETE FROM admins WHERE user_id = ?""", (user_id,))
+            (user,) = await conn.execute_fetchall(
+                f"""SELECT {_USER_COLUMNS} FROM users WHERE id = ?""", (user_id,)
+            )
+        return dict(user)
+
+    async def create_team_chat(
+        self, name: str, kind: str, owner_id: int, member_ids: Sequence[int]
+    ) -> dict[str, Any]:
+        try:
+            async with self.transaction() as conn:
+                (chat,) = await conn.execute_fetchall(
+                    """INSERT INTO chats (name, owner_id, kind) VALUES (?, ?, ?)
+                       RETURNING id, name, owner_id, created_at, kind""",
+                    (name, owner_id, kind),
+                )
+                await conn.executemany(
+                    """INSERT OR IGNORE INTO members (chat_id, user_id, role) VALUES (?, ?, ?)""",
+                    [(chat["id"], owner_id, "owner")]
+                    + [(chat["id"], user_id, "member") for user_id in member_ids],
+                )
+        except sqlite3.IntegrityError:
+            raise NotFound("a member id names no user") from None
+        return dict(chat)
+
+    async def direct_chat(
+        self, user_id: int, other_id: int, name: str
+    ) -> tuple[dict[str, Any], bool]:
+        low, high = sorted((user_id, other_id))
+        # One writer at a time: the look-up and the insert cannot interleave.
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"""SELECT {_CHAT_COLUMNS} FROM direct_pairs d JOIN chats c ON c.id = d.chat_id
+                    WHERE d.low_id = ? AND d.high_id = ?""",
+                (low, high),
+            )
+            if rows:
+                return dict(rows[0]), False
+            if not await conn.execute_fetchall("""SELECT 1 FROM users WHERE id = ?""", (other_id,)):
+                raise NotFound(f"no user with id {other_id}")
+            (chat,) = await conn.execute_fetchall(
+                """INSERT INTO chats (name, owner_id, kind) VALUES (?, ?, 'direct')
+                   RETURNING id, name, owner_id, created_at, kind""",
+                (name, user_id),
+            )
+            await conn.execute(
+                """INSERT INTO direct_pairs (low_id, high_id, chat_id) VALUES (?, ?, ?)""",
+                (low, high, chat["id"]),
+            )
+            await conn.executemany(
+                """INSERT INTO members (chat_id, user_id, role) VALUES (?, ?, 'owner')""",
+                [(chat["id"], low), (chat["id"], high)],
+            )
+        return dict(chat), True
+
+    async def chat_access(self, chat_id: int, user_id: int) -> dict[str, Any] | None:
+        rows = await self.read(
+            f"""SELECT {_CHAT_COLUMNS}, m.role FROM chats c
+                LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = ?
+                WHERE c.id = ?""",
+            (user_id, chat_id),
+        )
+        return dict(rows[0]) if rows else None
+
+    async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]:
+        # Each count reads at most cap + 1 index entries past the marker.
+        rows = await self.read(
+            f"""SELECT {_CHAT_COLUMNS}, m.role, m.last_read_id,
+                    CASE WHEN m.user_id IS NULL THEN NULL ELSE (
+                        SELECT count(*) FROM (
+                            SELECT x.owner_id FROM messages x
+                            WHERE x.chat_id = c.id AND x.id > m.last_read_id
+                            ORDER BY x.id LIMIT :window) w
+                        WHERE w.owner_id != :user) END AS unread,
+                    CASE WHEN m.user_id IS NULL THEN NULL ELSE (
+                        SELECT count(*) FROM (
+                            SELECT 1 FROM messages x
+                            WHERE x.chat_id = c.id AND x.id > m.last_read_id
+                            ORDER BY x.id LIMIT :window)) END AS counted,
+                    o.id AS other_id, o.username AS other_username
+                FROM chats c
+                LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = :user
+                LEFT JOIN direct_pairs d ON d.chat_id = c.id
+                LEFT JOIN users o
+                    ON o.id = CASE WHEN d.low_id = :user THEN d.high_id ELSE d.low_id END
+                WHERE c.kind = 'public' OR m.user_id IS NOT NULL
+                ORDER BY c.id""",
+            {"user": user_id, "window": cap + 1},
+        )
+        return [dict(row) for row in rows]
+
+    async def members_of(self, chat_id: int) -> list[dict[str, Any]]:
+        rows = await self.read(
+            """SELECT m.user_id, u.username, m.role, m.last_read_id
+               FROM members m JOIN users u ON u.id = m.user_id
+               WHERE m.chat_id = ? ORDER BY m.user_id""",
+            (chat_id,),
+        )
+        return [dict(row) for row in rows]
+
+    async def add_member(
+        self, chat_id: int, user_id: int, role: str
+    ) -> dict[str, Any] | None:
+        async with self.transaction() as conn:
+            user = await conn.execute_fetchall(
+                """SELECT username FROM users WHERE id = ?""", (user_id,)
+            )
+            if not user:
+                raise NotFound(f"no user with id {user_id}")
+            added = await conn.execute_fetchall(
+                """INSERT OR IGNORE INTO members (chat_id, user_id, role) VALUES (?, ?, ?)
+                   RETURNING role""",
+                (chat_id, user_id, role),
+            )
+        if not added:
+            return None
+        return {"user_id": user_id, "username": user[0][0], "role": role}
+
+    async def remove_member(self, chat_id: int, user_id: int) -> bool:
+        async with self.transaction() as conn:
+            if await _last_owner(conn, chat_id, user_id):
+                raise LastOwner()
+            cursor = await conn.execute(
+                """DELETE FROM members WHERE chat_id = ? AND user_id = ?""", (chat_id, user_id)
+            )
+            return cursor.rowcount > 0
+
+    async def set_role(self, chat_id: int, user_id: int, role: str) -> bool:
+        async with self.transaction() as conn:
+            if role != "owner" and await _last_owner(conn, chat_id, user_id):
+                raise LastOwner()
+            cursor = await conn.execute(
+                """UPDATE members SET role = ? WHERE chat_id = ? AND user_id = ?""",
+                (role, chat_id, user_id),
+            )
+            return cursor.rowcount > 0
+
+    async def mark_read(self, chat_id: int, user_id: int, message_id: int) -> int:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                """UPDATE members SET last_read_id = max(last_read_id, min(?,
+                       (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = ?)))
+                   WHERE chat_id = ? AND user_id = ?
+                   RETURNING last_read_id""",
+                (message_id, chat_id, chat_id, user_id),
+            )
+        if not rows:
+            raise NotFound(f"user {user_id} is not a member of chat {chat_id}")
+        return rows[0][0]
+
+    async def create_invite(
+        self, code: str, created_by: int, expires_at: str, uses: int
+    ) -> dict[str, Any]:
+        async with self.transaction() as conn:
+            (row,) = await conn.execute_fetchall(
+                """INSERT INTO invites (code, created_by, expires_at, uses_left)
+                   VALUES (?, ?, ?, ?) RETURNING code, expires_at, uses_left, created_at""",
+                (code, created_by, expires_at, uses),
+            )
+        return dict(row)
+
+    async def invite_usable(self, code: str, now: str) -> bool:
+        return bool(await self.read(
+            """SELECT 1 FROM invites WHERE code = ? AND uses_left > 0 AND expires_at > ?""",
+            (code, now),
+        ))
+
+    async def create_user_with_invite(
+        self, email: str, username: str, password_hash: str, code: str, now: str
+    ) -> dict[str, Any]:
+        try:
+            async with self.transaction() as conn:
+                spent = await conn.execute_fetchall(
+                    """UPDATE invites SET uses_left = uses_left - 1
+                       WHERE code = ? AND uses_left > 0 AND expires_at > ? RETURNING code""",
+                    (code, now),
+                )
+                if not spent:
+                    raise NotFound("invite")
+                (row,) = await conn.execute_fetchall(
+                    f"""INSERT INTO users (email, username, username_key, password_hash)
+                            VALUES (?, ?, ?, ?)
+                            RETURNING {_USER_COLUMNS}""",
+                    (email, username, username.casefold(), password_hash),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise Conflict("email" if "users.email" in str(exc) else "username") from None
+        return dict(row)
+
+
+_USER_COLUMNS = """id, email, username, password_hash, token_version, is_online, created_at,
+    EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
 
 # One message as the JSON text of the history, built by SQLite: serialising in
@@ -287,6 +490,7 @@ async def open_database(path: str) -> SQLiteDatabase:
                 f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
             )
         await writer.executescript(schema_sql())
+        await _migrate(writer, version)
         await writer.commit()
         # An in-memory database exists only on its one connection.
         reader = writer if path == ":memory:" else await _connect(path)
@@ -294,3 +498,34 @@ async def open_database(path: str) -> SQLiteDatabase:
         await writer.close()
         raise
     return SQLiteDatabase(writer, reader)
+
+
+# Teams: admins, chat kinds, members, read markers, invites
+
+
+async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
+    """Bring a database of an older schema version up to this one (after schema.sql)."""
+    columns = {row[1] for row in await conn.execute_fetchall("""PRAGMA table_info(chats)""")}
+    if "kind" not in columns:
+        await conn.execute(
+            """ALTER TABLE chats ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
+                   CHECK (kind IN ('public', 'private', 'direct'))"""
+        )
+    if version == 1:
+        # The creators of existing chats become their owners.
+        await conn.execute(
+            """INSERT OR IGNORE INTO members (chat_id, user_id, role)
+               SELECT id, owner_id, 'owner' FROM chats"""
+        )
+
+
+_CHAT_COLUMNS = "c.id, c.name, c.owner_id, c.created_at, c.kind"
+
+
+async def _last_owner(conn: aiosqlite.Connection, chat_id: int, user_id: int) -> bool:
+    """True when the user is the chat's only owner."""
+    rows = await conn.execute_fetchall(
+        """SELECT count(*), sum(user_id = ?) FROM members WHERE chat_id = ? AND role = 'owner'""",
+        (user_id, chat_id),
+    )
+    return rows[0][0] == 1 and rows[0][1] == 1

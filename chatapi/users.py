@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import db, security
+from . import db, security, teams
 from .auth import USER, public
 from .keys import CONFIG, DB, HUB, SECRET, THROTTLE
 from .validation import (
@@ -35,13 +35,17 @@ def dummy_hash(rounds: int) -> str:
     return security.hash_password("not a real password", rounds)
 
 
-def user_json(user: dict[str, Any], expose_hash: bool = False) -> dict[str, Any]:
+def user_json(
+    user: dict[str, Any], expose_hash: bool = False, show_email: bool = True
+) -> dict[str, Any]:
     body = {
         "id": user["id"],
         "email": user["email"],
         "username": user["username"],
         "is_online": bool(user["is_online"]),
     }
+    if not show_email:
+        del body["email"]
     if expose_hash:
         body["password"] = user["password_hash"]
     return body
@@ -98,10 +102,23 @@ def registration_fields(body: dict[str, Any]) -> tuple[str, str, str]:
 
 @public
 async def register(request: web.Request) -> web.Response:
-    email, username, password = registration_fields(await json_object(request))
+    body = await json_object(request)
+    email, username, password = registration_fields(body)
+    # Checked before bcrypt runs: a refused registration costs no hashing.
+    invite = await teams.check_registration(request.app, body)
     rounds = request.app[CONFIG].bcrypt_rounds
     password_hash = await in_executor(security.hash_password, password, rounds)
-    user = await db.create_user(request.app[DB], email, username, password_hash)
+    if invite is None:
+        user = await db.create_user(request.app[DB], email, username, password_hash)
+    else:
+        try:
+            user = await db.create_user_with_invite(
+                request.app[DB], email, username, password_hash, invite, teams.now_text()
+            )
+        except db.NotFound:
+            raise ApiError(
+                403, "registration is by invite: this invite code is invalid, expired or used up"
+            ) from None
     return web.json_response(auth_json(request, user), status=201)
 
 
@@ -138,10 +155,16 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
-    return web.json_response(user_json(request[USER], request.app[CONFIG].expose_password_hash))
+    user = request[USER]
+    body = user_json(user, request.app[CONFIG].expose_password_hash)
+    return web.json_response({**body, "is_admin": bool(user["is_admin"])})
 
 
 async def list_users(request: web.Request) -> web.Response:
-    expose = request.app[CONFIG].expose_password_hash
+    config = request.app[CONFIG]
+    me = request[USER]["id"]
     users = await db.list_users(request.app[DB])
-    return web.json_response([user_json(user, expose) for user in users])
+    return web.json_response([
+        user_json(user, config.expose_password_hash, config.show_emails or user["id"] == me)
+        for user in users
+    ])

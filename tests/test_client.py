@@ -106,7 +106,7 @@ async def test_http_methods_round_trip(client, accounts):
     assert alice.token
     me = await alice.me()
     assert me == {"id": me["id"], "email": "alice@example.com", "username": "alice",
-                  "is_online": False}
+                  "is_online": False, "is_admin": False}
 
     async with ChatClient(url, session=client.session) as again:
         answer = await again.login("ALICE@example.com", "password-alice")
