@@ -132,12 +132,16 @@ class Connection:
 
     async def send_paced(self, frame: str) -> None:
         """Send a frame, first waiting while the outbox is half full (bulk replays)."""
+        await self.wait_for_room()
+        self.send(frame)  # a no-op once the socket is dropped
+
+    async def wait_for_room(self) -> None:
+        """Wait while the outbox is half full."""
         while not self.dropped and self._frames and len(self._frames) >= self._limit // 2:
             if self._room is None:
                 self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
-        self.send(frame)  # a no-op once the socket is dropped
 
     def deliver(self, chat_id: int, message_id: int, frame: str) -> None:
         buffer = self.subscriptions.get(chat_id)

@@ -229,10 +229,11 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         await app[BUS].follow(chat_id)
         last_sent = since
         async for message in db.chat_messages(app[DB], chat_id, after=since):
+            await conn.wait_for_room()
             # A removal (from any process) unsubscribes the socket: stop at once.
             if conn.dropped or chat_id not in conn.subscriptions:
                 return
-            await conn.send_paced(message_frame(message))
+            conn.send(message_frame(message))
             last_sent = message["id"]
         if conn.dropped or chat_id not in conn.subscriptions:
             return
