@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, openapi_teams
 from .auth import public
 from .config import Config
 from .keys import CONFIG
@@ -99,10 +99,14 @@ def schemas(config: Config) -> dict[str, Schema]:
             "email": {"type": "string"},
             "username": {"type": "string"},
             "is_online": {"type": "boolean"},
+            "is_admin": {"type": "boolean", "description": "GET /users/me only"},
         },
         "required": ["id", "email", "username", "is_online"],
         "additionalProperties": False,
     }
+    if not config.show_emails:
+        user["properties"]["email"]["description"] = "the caller's own only"
+        user["required"].remove("email")
     if config.expose_password_hash:
         user["properties"]["password"] = {"type": "string", "description": "bcrypt hash"}
         user["required"].append("password")
@@ -142,6 +146,10 @@ def schemas(config: Config) -> dict[str, Schema]:
                     "pattern": username_pattern(),
                 },
                 "password": {"type": "string", "minLength": 8, "maxLength": 128},
+                "invite": {
+                    "type": "string",
+                    "description": "an invite code: required when registration is by invite",
+                },
             },
             "required": ["email", "username", "password"],
         },
@@ -164,26 +172,15 @@ def schemas(config: Config) -> dict[str, Schema]:
             "additionalProperties": False,
         },
         "User": user,
-        "NewChat": {
-            "type": "object",
-            "properties": {
-                "name": {
-                    "type": "string",
-                    "description": "1 to 255 characters once trimmed.",
-                    "pattern": trimmed(255, stored=True),
-                }
-            },
-            "required": ["name"],
-        },
+        "NewChat": openapi_teams.new_chat({
+            "type": "string",
+            "description": "1 to 255 characters once trimmed.",
+            "pattern": trimmed(255, stored=True),
+        }),
         "Chat": {
             "type": "object",
-            "properties": {
-                "id": id_schema(),
-                "name": {"type": "string"},
-                "owner_id": id_schema(),
-                "created_at": ref("Timestamp"),
-            },
-            "required": ["id", "name", "owner_id", "created_at"],
+            "properties": openapi_teams.CHAT_PROPERTIES,
+            "required": list(openapi_teams.CHAT_PROPERTIES),
             "additionalProperties": False,
         },
         "Message": {
@@ -235,7 +232,9 @@ def error_responses(config: Config) -> dict[str, Schema]:
         "Unauthorized": error(
             "No token, or a malformed, forged, expired or revoked one (or a deleted user's)."
         ),
-        "NotFound": error("The chat does not exist."),
+        "NotFound": error(
+            "The chat does not exist, or it is private or direct and the caller is not a member."
+        ),
         "Conflict": error("The email or the username is already taken."),
         "TooLarge": error(f"The request body is over {config.max_body} bytes."),
         "MethodNotAllowed": error(
@@ -307,11 +306,11 @@ def paths(config: Config) -> dict[str, Schema]:
     }
     chat_list = {
         "tags": ["chats"],
-        "summary": "Every chat, ordered by id",
+        "summary": "Public chats and the caller's private and direct ones, ordered by id",
         "responses": {
             "200": {
-                "description": "The chats.",
-                "content": json_content({"type": "array", "items": ref("Chat")}),
+                "description": "The chats, with the caller's membership and unread counts.",
+                "content": json_content({"type": "array", "items": ref("ListedChat")}),
             },
             "401": response("Unauthorized"),
         },
@@ -330,6 +329,10 @@ def paths(config: Config) -> dict[str, Schema]:
                         "content": json_content(ref("Session")),
                     },
                     "400": response("BadRequest"),
+                    "403": error(
+                        "Registration is closed, or by invite and the code is missing, "
+                        "invalid, expired or used up; the message names the mode."
+                    ),
                     "409": response("Conflict"),
                     "413": response("TooLarge"),
                 },
@@ -385,8 +388,16 @@ def paths(config: Config) -> dict[str, Schema]:
                 "tags": ["chats"],
                 "operationId": "createChat",
                 "summary": "Create a chat owned by the caller",
+                "description": "Without `kind`: a public chat (anyone reads, joins and "
+                "posts). `private`: members only, the creator its owner. `direct`: the "
+                "caller's chat with `user_id`, one per pair: 200 when it exists already.",
                 "requestBody": {"required": True, "content": json_content(ref("NewChat"))},
                 "responses": {
+                    "200": {
+                        "description": "The direct chat of the two users, which existed.",
+                        "content": json_content(ref("Chat")),
+                    },
+                    "404": error("`user_id` names no user (direct chats)."),
                     "201": {
                         "description": "Created.",
                         "content": json_content(ref("Chat")),
@@ -464,7 +475,7 @@ def paths(config: Config) -> dict[str, Schema]:
                     max_text=config.max_text,
                     outbox_limit=config.outbox_limit,
                     heartbeat=config.heartbeat,
-                ),
+                ) + openapi_teams.WEBSOCKET_PROTOCOL,
                 "security": [{"bearerAuth": []}, {"queryToken": []}],
                 "responses": {
                     "101": {"description": "Switching to the websocket protocol."},
@@ -543,7 +554,7 @@ def paths(config: Config) -> dict[str, Schema]:
     }
     if not config.metrics:
         del document["/metrics"]
-    return document
+    return {**document, **openapi_teams.paths(config)}
 
 
 def document(config: Config) -> dict[str, Any]:
@@ -564,6 +575,7 @@ def document(config: Config) -> dict[str, Any]:
             {"name": "users", "description": "Accounts and tokens"},
             {"name": "chats", "description": "Chats and their history"},
             {"name": "realtime", "description": "The websocket"},
+            {"name": "teams", "description": "Members, roles, read markers and invite codes"},
             {"name": "service", "description": "Health, metrics and this document"},
         ],
         "security": [{"bearerAuth": []}],
@@ -578,7 +590,7 @@ def document(config: Config) -> dict[str, Any]:
                     "description": "The websocket only: the token as a query parameter.",
                 },
             },
-            "schemas": schemas(config),
+            "schemas": {**schemas(config), **openapi_teams.schemas(config)},
             "responses": error_responses(config),
         },
     }

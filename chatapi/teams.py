@@ -124,6 +124,13 @@ def chat_id_in_path(request: web.Request) -> int:
     return int(raw)
 
 
+def chat_name(body: dict[str, Any]) -> str:
+    name = string_field(body, "name", max_len=255, strip=True)
+    if NUL in name:
+        raise invalid("name", "must not contain the character U+0000")
+    return name
+
+
 def user_id_field(body: dict[str, Any], field: str = "user_id") -> int:
     value = body.get(field)
     if value is None:
@@ -153,9 +160,7 @@ async def create_chat(request: web.Request) -> web.Response:
         raise invalid("kind", "must be 'public', 'private' or 'direct'")
     if kind == "direct":
         return await _direct_chat(request, body, user)
-    name = string_field(body, "name", max_len=255, strip=True)
-    if NUL in name:
-        raise invalid("name", "must not contain the character U+0000")
+    name = chat_name(body)
     members = body.get("members", [])
     if not isinstance(members, list) or len(members) > MAX_MEMBERS_AT_CREATION or not all(
         is_int(m) and 1 <= m <= db.MAX_ID for m in members
@@ -174,7 +179,7 @@ async def _direct_chat(request: web.Request, body: dict[str, Any], user: dict[st
     other_id = user_id_field(body)
     if other_id == user["id"]:
         raise invalid("user_id", "must be another user's id")
-    name = string_field(body, "name", max_len=255, strip=True) if "name" in body else "direct"
+    name = chat_name(body) if "name" in body else "direct"
     try:
         chat, created = await db.direct_chat(request.app[DB], user["id"], other_id, name)
     except db.NotFound:

@@ -274,3 +274,62 @@ async def test_login_schema_is_what_the_server_accepts(client, document, email, 
     resp = await client.post("/auth/login", json={"email": email, "password": password})
     # Unknown account: a request that fits is refused as wrong credentials, not as invalid.
     assert resp.status == (401 if fits else 400), await resp.text()
+
+
+async def test_teams_answers_match_the_documented_schemas(client, register, document):
+    from chatapi import db
+    from chatapi.keys import DB
+
+    alice, bob, eve = [await register(client, name) for name in ("alice", "bob", "eve")]
+    await db.set_admin(client.app[DB], alice["email"], True)
+    auth = alice.headers
+    resp = await client.post("/chats/create", json={"name": "team", "kind": "private"}, headers=auth)
+    await check(document, resp, "/chats/create")
+    chat = (await resp.json())["id"]
+    direct = {"kind": "direct", "user_id": bob["id"]}
+    for _ in range(2):  # 201, then 200
+        await check(document, await client.post("/chats/create", json=direct, headers=auth), "/chats/create")
+    await check(document, await client.post(  # 404
+        "/chats/create", json={"kind": "direct", "user_id": 10**6}, headers=auth), "/chats/create")
+    await check(document, await client.get("/users/me", headers=auth), "/users/me")
+    members = f"/chats/{chat}/members"
+    template = "/chats/{chat_id}/members"
+    for body in ({"user_id": bob["id"]}, {"user_id": bob["id"]}, {"user_id": "x"}):  # 201, 409, 400
+        await check(document, await client.post(members, json=body, headers=auth), template)
+    await check(document, await client.post(members, json={"user_id": eve["id"]}, headers=bob.headers),
+                template)  # 403
+    await check(document, await client.get(members, headers=auth), template)
+    await check(document, await client.get(members, headers=eve.headers), template)  # 404
+    one = "/chats/{chat_id}/members/{user_id}"
+    await check(document, await client.patch(f"{members}/{bob['id']}", json={"role": "owner"},
+                                              headers=auth), one)
+    await check(document, await client.patch(f"{members}/{bob['id']}", json={"role": "x"},
+                                              headers=auth), one)  # 400
+    await check(document, await client.delete(f"{members}/{bob['id']}", headers=bob.headers), one)
+    await check(document, await client.delete(f"{members}/{alice['id']}", headers=auth), one)  # 409
+    await check(document, await client.post(f"/chats/{chat}/read", json={"message_id": 0},
+                                            headers=auth), "/chats/{chat_id}/read")
+    lobby = await create_chat(client, bob, "lobby")
+    await check(document, await client.post(f"/chats/{lobby}/read", json={"message_id": 0},
+                                            headers=eve.headers), "/chats/{chat_id}/read")  # 409
+    await check(document, await client.post(f"/chats/{lobby}/join", headers=eve.headers),
+                "/chats/{chat_id}/join")
+    await check(document, await client.get("/chats/", headers=auth), "/chats/")
+    await check(document, await client.post("/invites", json={"uses": 3}, headers=auth), "/invites")
+    await check(document, await client.post("/invites", json={}, headers=eve.headers), "/invites")
+    await check(document, await client.post("/invites", json={"uses": 0}, headers=auth), "/invites")
+
+
+async def test_hidden_emails_and_refused_registrations_are_documented(aiohttp_client, config, register):
+    client = await aiohttp_client(create_app(config.replace(show_emails=False, registration="closed")))
+    document = await fetch_document(client)
+    body = {"email": "eve@example.com", "username": "eve", "password": "password-eve"}
+    await check(document, await client.post("/auth/reg", json=body), "/auth/reg")  # 403
+    from chatapi import db
+    from chatapi.keys import DB
+
+    for name in ("alice", "bob"):
+        await db.create_user(client.app[DB], f"{name}@example.com", name, "x")
+    open_client = await aiohttp_client(create_app(config.replace(show_emails=False)))
+    carol = await register(open_client, "carol")
+    await check(document, await open_client.get("/users/", headers=carol.headers), "/users/")
