@@ -224,6 +224,16 @@ async def chat_exists(db: Database, chat_id: int) -> bool:
     return bool(await db.read("""SELECT 1 FROM chats WHERE id = ?""", (chat_id,)))
 
 
+async def newest_message_id(db: Database, chat_id: int) -> int | None:
+    """The id of the chat's newest message (0 when it has none); None if no such chat."""
+    rows = await db.read(
+        """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
+               FROM chats WHERE id = ?""",
+        (chat_id,),
+    )
+    return rows[0][0] if rows else None
+
+
 # Messages
 
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"

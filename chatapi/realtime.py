@@ -197,9 +197,17 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     since = frame.get("since")
     if since is not None and not (is_int(since) and 0 <= since <= db.MAX_ID):
         raise FrameError("since must be a message id (an integer of 0 or more)")
-    if not await db.chat_exists(app[DB], chat_id):
+    newest = await db.newest_message_id(app[DB], chat_id)
+    if newest is None:
         raise FrameError(f"chat {chat_id} does not exist")
     hub = app[HUB]
+    joined: dict[str, Any] = {"type": "joined", "chat_id": chat_id}
+    if since is not None and since > newest:
+        # A cursor beyond the chat's newest message (a restored database, a
+        # client bug) would hide every message up to it, the client's own
+        # included: resume from the newest message instead, and say so.
+        joined.update(cursor_reset=True, last_id=newest)
+        since = newest
     if since is None:
         hub.subscribe(chat_id, conn)
     else:
@@ -216,7 +224,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
                 return
             last_sent = message["id"]
         conn.go_live(chat_id, last_sent)
-    conn.send(json.dumps({"type": "joined", "chat_id": chat_id}))
+    conn.send(json.dumps(joined))
 
 
 def leave(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
