@@ -306,6 +306,16 @@ class Hub:
         """Fan a committed message out to the subscribers of its chat."""
         self._fan_out(message["chat_id"], message["id"], message_frame(message))
 
+    def announce_chat(self, chat: dict[str, Any]) -> None:
+        """Tell every open socket that a chat was created (after its commit)."""
+        fields = ("id", "name", "owner_id", "created_at")
+        frame = json.dumps(
+            {"type": "chat_created", "chat": {field: chat[field] for field in fields}},
+            ensure_ascii=False,
+        )
+        for conn in list(self.connections):
+            conn.send(frame)
+
     def _fan_out(self, chat_id: int, message_id: int, frame: str) -> None:
         subscribers = self._subscribers.get(chat_id, ())
         for conn in subscribers:
