@@ -195,10 +195,10 @@
     state.token = answer.token;
     localStorage.setItem(TOKEN_KEY, answer.token);
     state.me = { id: answer.id, username: answer.username };
-    enter();
+    enter(true);
   }
 
-  function enter() {
+  function enter(signedIn) {
     $("auth-view").hidden = true;
     $("chat-view").hidden = false;
     $("session").hidden = false;
@@ -209,7 +209,11 @@
     showScreen("list");
     refreshChats().then(() => {
       const wanted = Number((location.hash.match(/chat=(\d+)/) || [])[1]);
-      if (wanted && state.chats.has(wanted)) openChat(wanted, false);
+      if (wanted && state.chats.has(wanted)) return openChat(wanted, false);
+      // Just signed in: the form that had the focus is gone; go on from the chat list.
+      if (signedIn) {
+        ($("chat-list").querySelector("button") || $("new-chat-name")).focus();
+      }
     });
     refreshUsers();
     connect();
@@ -420,7 +424,9 @@
       return;
     }
     const top = box.getBoundingClientRect().top;
-    const anchor = [...$("messages").children].find((el) => el.getBoundingClientRect().bottom > top);
+    // A message, not a day separator: separators come and go as older pages arrive.
+    const anchor = [...$("messages").querySelectorAll("li.message")]
+      .find((el) => el.getBoundingClientRect().bottom > top);
     const before = anchor ? anchor.getBoundingClientRect().top : 0;
     change();
     if (anchor && anchor.isConnected) box.scrollTop += anchor.getBoundingClientRect().top - before;
