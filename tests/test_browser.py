@@ -84,7 +84,8 @@ def servers(tmp_path) -> Iterator[Servers]:
 
 
 def new_page(browser, width: int = 1100, height: int = 700):
-    context = browser.new_context(viewport={"width": width, "height": height})
+    # UTC, like the seeded timestamps: the day separators fall where the test expects them.
+    context = browser.new_context(viewport={"width": width, "height": height}, timezone_id="UTC")
     context.set_default_timeout(TIMEOUT)
     page = context.new_page()
     errors: list[str] = []
@@ -352,9 +353,12 @@ def seed_conversation(db_path: str, chat_id: int, ids: dict[str, int], total: in
     stamps = []
     for i in range(len(lines)):
         stamps.append(when)
-        # A few minutes between messages; a night between every 60 of them (the first
-        # night just above the newest few, so that "Today" starts on the first screen).
-        when -= timedelta(hours=14) if i % 60 == 7 else timedelta(minutes=3 + i % 5)
+        # A few minutes between messages; the evening before after every 60 of them (the
+        # first one just above the newest few, so that "Today" starts on the first screen).
+        if i % 60 == 5:
+            when = (when - timedelta(days=1)).replace(hour=20, minute=40)
+        else:
+            when -= timedelta(minutes=3 + i % 5)
     stamps.reverse()
     rows = [
         (chat_id, ids[name], text, stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z")
