@@ -1,8 +1,8 @@
 """Live fan-out: open sockets, their subscriptions, and presence.
 
-`Hub.publish` is the seam for running several processes later: there it would
-go through the database's notifications; each process would still deliver to
-its own sockets exactly as `_fan_out` does here.
+`Hub.publish` and `Hub.announce_chat` are the seams for running several
+processes later: there they would go through the database's notifications; each
+process would still deliver to its own sockets exactly as they do here.
 """
 
 from __future__ import annotations

@@ -584,3 +584,43 @@ def test_registration_shows_every_problem_at_once_in_plain_words(browser, server
     form.get_by_role("button", name="Register").click()
     expect(page.locator("#me-name")).to_have_text("newcomer")
     assert page.js_errors == []
+
+
+def test_a_refused_message_is_marked_and_can_be_edited_and_sent_again(browser, servers):
+    page = new_page(browser)
+
+    def route_socket(ws) -> None:
+        # The server refuses the first message that says "refuse me" (as it would refuse
+        # one over its limits): the test answers for it with the server's error frame.
+        server = ws.connect_to_server()
+        refused: list[str] = []
+
+        def from_page(raw) -> None:
+            frame = json.loads(raw)
+            if "refuse me" in frame.get("text", "") and not refused:
+                refused.append(frame["nonce"])
+                ws.send(json.dumps({"type": "error", "error": "text is too long", "nonce": frame["nonce"]}))
+            else:
+                server.send(raw)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/chats/ws"), route_socket)
+    register(page, servers.url, "alice")
+    page.get_by_label("New chat").fill("notes")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_label("Message")).to_be_focused()
+    page.keyboard.type("please refuse me")
+    page.keyboard.press("Enter")
+    failed = page.locator("#pending li.failed")
+    expect(failed.locator(".state")).to_have_text("not sent: text is too long")
+    expect(failed.locator(".text")).to_have_text("please refuse me")
+    expect(messages(page)).to_have_count(0)
+    failed.get_by_role("button", name="Edit and resend").click()
+    expect(page.get_by_label("Message")).to_have_value("please refuse me")
+    expect(page.get_by_label("Message")).to_be_focused()
+    expect(page.locator("#pending li")).to_have_count(0)
+    page.keyboard.press("Enter")
+    expect(message_text(page, "please refuse me")).to_have_count(1)
+    expect(page.locator("#chat-error")).to_be_hidden()
+    assert page.js_errors == []

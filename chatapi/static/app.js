@@ -290,9 +290,13 @@
   // ---- Chats and people ----------------------------------------------------
 
   async function refreshChats() {
+    const token = state.token;
     let chats;
     try { chats = await api("GET", "/chats/"); } catch (err) { return showError("new-chat-error", err); }
-    state.chats = new Map(chats.map((c) => [c.id, c]));
+    if (state.token !== token) return;  // logged out meanwhile
+    // Chats are never deleted: keep one a chat_created frame brought while this answer was on its way.
+    for (const c of chats) state.chats.set(c.id, c);
+    state.chats = new Map([...state.chats.entries()].sort((a, b) => a[0] - b[0]));
     renderChats();
   }
 
