@@ -134,7 +134,7 @@
   }
 
   // A server refusal shown next to the field it names, or for the whole form.
-  function showServerError(form, prefix, err) {
+  function showServerError(formErrorId, prefix, err) {
     const fields = Object.entries(err.details || {});
     let shown = false;
     for (const [field, reason] of fields) {
@@ -145,7 +145,7 @@
       if (!shown) input.focus();
       shown = true;
     }
-    showError(form, shown ? { message: "Please fix the problem marked above." } : err);
+    showError(formErrorId, shown ? { message: "Please fix the problem marked above." } : err);
   }
 
   function clearFieldErrors(form) {
@@ -668,7 +668,7 @@
   // The note under the history while messages wait for the connection; gone once they left.
   function updateConnectionNote() {
     const note = $("chat-error");
-    const waiting = [...state.pending.values()].length;
+    const waiting = state.pending.size;
     const offline = !(state.ws && state.ws.readyState === WebSocket.OPEN);
     if (waiting && offline) {
       note.textContent = "Not connected: " + (waiting === 1 ? "your message" : waiting + " messages") +
