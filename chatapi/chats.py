@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import db
 from .auth import USER
-from .keys import DB
+from .keys import DB, HUB
 from .validation import ApiError, int_query, json_object, string_field
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ async def create_chat(request: web.Request) -> web.Response:
     body = await json_object(request)
     name = string_field(body, "name", max_len=255, strip=True)
     chat = await db.create_chat(request.app[DB], name, request[USER]["id"])
+    request.app[HUB].announce_chat(chat)
     return web.json_response(chat, status=201)
 
 

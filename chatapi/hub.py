@@ -1,8 +1,8 @@
 """Live fan-out: open sockets, their subscriptions, and presence.
 
-`Hub.publish` is the seam for running several processes later: there it would
-go through the database's notifications; each process would still deliver to
-its own sockets exactly as `_fan_out` does here.
+`Hub.publish` and `Hub.announce_chat` are the seams for running several
+processes later: there they would go through the database's notifications; each
+process would still deliver to its own sockets exactly as they do here.
 """
 
 from __future__ import annotations
@@ -305,6 +305,16 @@ class Hub:
     def publish(self, message: dict[str, Any]) -> None:
         """Fan a committed message out to the subscribers of its chat."""
         self._fan_out(message["chat_id"], message["id"], message_frame(message))
+
+    def announce_chat(self, chat: dict[str, Any]) -> None:
+        """Tell every open socket that a chat was created (after its commit)."""
+        fields = ("id", "name", "owner_id", "created_at")
+        frame = json.dumps(
+            {"type": "chat_created", "chat": {field: chat[field] for field in fields}},
+            ensure_ascii=False,
+        )
+        for conn in list(self.connections):
+            conn.send(frame)
 
     def _fan_out(self, chat_id: int, message_id: int, frame: str) -> None:
         subscribers = self._subscribers.get(chat_id, ())

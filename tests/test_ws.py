@@ -270,3 +270,22 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(aiohttp_client, conf
             break
         await asyncio.sleep(0.02)
     assert not app[HUB].connections
+
+
+async def test_a_created_chat_is_announced_to_every_open_socket(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    ws_a, ws_b = await connect(client, alice), await connect(client, bob)
+    resp = await client.post("/chats/create", json={"name": " plans "}, headers=bob.headers)
+    assert resp.status == 201
+    created = await resp.json()
+    assert created["name"] == "plans"
+    for ws in (ws_a, ws_b):
+        assert await next_frame(ws) == {"type": "chat_created", "chat": created}
+    # Announced after the commit: the chat is already in the list the frame points to.
+    chats = await (await client.get("/chats/", headers=alice.headers)).json()
+    assert created in chats
+    # A refused create announces nothing.
+    resp = await client.post("/chats/create", json={"name": "  "}, headers=bob.headers)
+    assert resp.status == 400
+    await no_frame(ws_a)
+    await no_frame(ws_b)
