@@ -694,6 +694,11 @@
         if (mine) updateConnectionNote();
         return;
       }
+      case "joined":
+        // Our cursor was beyond the chat's newest message (a restored server):
+        // resume from where the server is, or a reconnect would skip messages.
+        if (frame.cursor_reset) state.lastId.set(frame.chat_id, frame.last_id);
+        return;
       case "chat_created":
         if (frame.chat && !state.chats.has(frame.chat.id)) {
           state.chats.set(frame.chat.id, frame.chat);
@@ -719,7 +724,7 @@
         return;
       }
       default:
-        return;  // joined, left and frame types this page does not know
+        return;  // left and frame types this page does not know
     }
   }
 
