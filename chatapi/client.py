@@ -57,17 +57,22 @@ class ChatConnectionError(ConnectionError):
     disconnected for too long."""
 
 
-async def _error_of(resp: aiohttp.ClientResponse) -> ChatAPIError:
+def error_of_answer(status: int, text: str | bytes, reason: str | None) -> ChatAPIError:
+    """The ChatAPIError of an error answer: its {"error", "details"?} body, else its reason."""
     try:
-        body = await resp.json(content_type=None)
+        body = json.loads(text)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         details = body.get("details")
         if not isinstance(details, dict):
             details = None
-        return ChatAPIError(resp.status, body["error"], details)
-    return ChatAPIError(resp.status, resp.reason or f"HTTP {resp.status}")
+        return ChatAPIError(status, body["error"], details)
+    return ChatAPIError(status, reason or f"HTTP {status}")
+
+
+async def _error_of(resp: aiohttp.ClientResponse) -> ChatAPIError:
+    return error_of_answer(resp.status, await resp.read(), resp.reason)
 
 
 class ChatClient:

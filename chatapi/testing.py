@@ -31,7 +31,7 @@ from aiohttp import web
 
 from . import db, security, users
 from .app import create_app
-from .client import ChatAPIError
+from .client import error_of_answer
 from .config import Config
 from .keys import CONFIG, DB, SECRET
 from .middlewares import RedactingAccessLogger
@@ -144,7 +144,7 @@ class ChatServer:
             with urllib.request.urlopen(request, timeout=CALL_TIMEOUT) as response:
                 user = json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise _error_of(exc) from None
+            raise error_of_answer(exc.code, exc.read(), exc.reason) from None
         return {**user, "email": email, "password": password}
 
     def seed(
@@ -308,17 +308,6 @@ def email_for(username: str) -> str:
     """A test email made from a username: "Named User" -> "named-user@example.com"."""
     local = re.sub(r"[^a-z0-9._-]+", "-", username.casefold()).strip("-.") or "user"
     return f"{local}@example.com"
-
-
-def _error_of(exc: urllib.error.HTTPError) -> ChatAPIError:
-    try:
-        body = json.loads(exc.read())
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        details = body.get("details") if isinstance(body.get("details"), dict) else None
-        return ChatAPIError(exc.code, body["error"], details)
-    return ChatAPIError(exc.code, exc.reason or f"HTTP {exc.code}")
 
 
 def _lookup(index: dict[str, int], name: Any, where: str, kind: str) -> int:
