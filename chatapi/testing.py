@@ -179,51 +179,10 @@ class ChatServer:
     ) -> Seeded:
         app = self._app
         assert app is not None
-        user_rows, names = [], []
-        for n, spec in enumerate(users_given):
-            fields = {"username": spec} if isinstance(spec, str) else dict(spec)
-            fields.setdefault("password", PASSWORD)
-            if isinstance(fields.get("username"), str):
-                fields.setdefault("email", email_for(fields["username"]))
-            try:
-                email, username, password = users.registration_fields(fields)
-            except ApiError as exc:
-                raise SeedError(f"users[{n}]: {exc.message}") from None
-            password_hash = await users.in_executor(
-                security.hash_password, password, app[CONFIG].bcrypt_rounds
-            )
-            user_rows.append((email, username, password_hash))
-            names.append((username, password))
-        user_index = {username: n for n, (username, _) in enumerate(names)}
-
-        chat_rows = []
-        for n, spec in enumerate(chats_given):
-            fields = {"name": spec} if isinstance(spec, str) else dict(spec)
-            name = fields.get("name")
-            if not isinstance(name, str) or not name.strip():
-                raise SeedError(f"chats[{n}]: a chat needs a name")
-            if any(name.strip() == other for other, _ in chat_rows):
-                raise SeedError(f"chats[{n}]: two chats named {name.strip()!r} in one seed")
-            if not names:
-                raise SeedError(f"chats[{n}]: a chat needs an owner: seed a user too")
-            owner = _lookup(user_index, fields.get("owner", names[0][0]), f"chats[{n}].owner",
-                            "user")
-            chat_rows.append((name.strip(), owner))
-        chat_index = {name: n for n, (name, _) in enumerate(chat_rows)}
-
-        message_rows = []
-        for n, spec in enumerate(messages_given):
-            text = spec.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise SeedError(f"messages[{n}]: text must be a string, not only white space")
-            message_rows.append((
-                _lookup(chat_index, spec.get("chat"), f"messages[{n}].chat", "chat"),
-                _lookup(user_index, spec.get("user"), f"messages[{n}].user", "user"),
-                text,
-                spec.get("nonce"),
-                _timestamp(spec.get("created_at"), f"messages[{n}].created_at"),
-            ))
-
+        user_rows, passwords = await _user_rows(users_given, app[CONFIG].bcrypt_rounds)
+        usernames = [username for _, username, _ in user_rows]
+        chat_rows = _chat_rows(chats_given, usernames)
+        message_rows = _message_rows(messages_given, usernames, [name for name, _ in chat_rows])
         try:
             stored_users, stored_chats, stored_messages = await db.insert_seed(
                 app[DB], user_rows, chat_rows, message_rows
@@ -234,7 +193,7 @@ class ChatServer:
             raise SeedError("messages: a user used the same nonce twice") from None
         config, secret = app[CONFIG], app[SECRET]
         seeded = Seeded()
-        for user, (_, password) in zip(stored_users, names):
+        for user, password in zip(stored_users, passwords):
             token = security.issue_token(user["id"], user["token_version"], secret,
                                          config.token_ttl)
             seeded.users[user["username"]] = {
@@ -310,10 +269,69 @@ def email_for(username: str) -> str:
     return f"{local}@example.com"
 
 
-def _lookup(index: dict[str, int], name: Any, where: str, kind: str) -> int:
-    if name not in index:
+async def _user_rows(
+    given: Sequence[str | Mapping[str, Any]], rounds: int
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(email, username, password hash) of each seeded user, checked like a registration;
+    and their passwords."""
+    rows, passwords = [], []
+    for n, spec in enumerate(given):
+        fields = {"username": spec} if isinstance(spec, str) else dict(spec)
+        fields.setdefault("password", PASSWORD)
+        if isinstance(fields.get("username"), str):
+            fields.setdefault("email", email_for(fields["username"]))
+        try:
+            email, username, password = users.registration_fields(fields)
+        except ApiError as exc:
+            raise SeedError(f"users[{n}]: {exc.message}") from None
+        password_hash = await users.in_executor(security.hash_password, password, rounds)
+        rows.append((email, username, password_hash))
+        passwords.append(password)
+    return rows, passwords
+
+
+def _chat_rows(
+    given: Sequence[str | Mapping[str, Any]], usernames: list[str]
+) -> list[tuple[str, int]]:
+    """(name, owner's index in usernames) of each seeded chat."""
+    rows: list[tuple[str, int]] = []
+    for n, spec in enumerate(given):
+        fields = {"name": spec} if isinstance(spec, str) else dict(spec)
+        name = fields.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise SeedError(f"chats[{n}]: a chat needs a name")
+        if any(name.strip() == other for other, _ in rows):
+            raise SeedError(f"chats[{n}]: two chats named {name.strip()!r} in one seed")
+        if not usernames:
+            raise SeedError(f"chats[{n}]: a chat needs an owner: seed a user too")
+        owner = _lookup(usernames, fields.get("owner", usernames[0]), f"chats[{n}].owner", "user")
+        rows.append((name.strip(), owner))
+    return rows
+
+
+def _message_rows(
+    given: Sequence[Mapping[str, Any]], usernames: list[str], chat_names: list[str]
+) -> list[tuple[int, int, str, str | None, str | None]]:
+    """(chat index, user index, text, nonce, created_at) of each seeded message."""
+    rows = []
+    for n, spec in enumerate(given):
+        text = spec.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise SeedError(f"messages[{n}]: text must be a string, not only white space")
+        rows.append((
+            _lookup(chat_names, spec.get("chat"), f"messages[{n}].chat", "chat"),
+            _lookup(usernames, spec.get("user"), f"messages[{n}].user", "user"),
+            text,
+            spec.get("nonce"),
+            _timestamp(spec.get("created_at"), f"messages[{n}].created_at"),
+        ))
+    return rows
+
+
+def _lookup(names: list[str], name: Any, where: str, kind: str) -> int:
+    if name not in names:
         raise SeedError(f"{where}: no {kind} {name!r} in this seed")
-    return index[name]
+    return names.index(name)
 
 
 def _timestamp(value: Any, where: str) -> str | None:
