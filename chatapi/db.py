@@ -386,3 +386,52 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         ).fetchall()
         results.append(Stored(dict(original)))
     return results
+
+
+# Test support
+
+
+async def insert_seed(
+    db: Database,
+    users: Sequence[tuple[str, str, str]],
+    chats: Sequence[tuple[str, int]],
+    messages: Sequence[tuple[int, int, str, str | None, str | None]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Store test data in one transaction: all of it, or nothing (Conflict when a user is taken).
+
+    users: (email, username, password_hash); chats: (name, index of the owner in users);
+    messages: (index in chats, index in users, text, nonce, created_at or None for now).
+    Returns the stored users, chats and messages (with username), in the order given.
+    """
+    async with db.transaction() as conn:
+        stored_users = []
+        for email, username, password_hash in users:
+            try:
+                async with conn.execute(
+                    f"""INSERT INTO users (email, username, username_key, password_hash)
+                            VALUES (?, ?, ?, ?)
+                            RETURNING {_USER_COLUMNS}""",
+                    (email, username, username.casefold(), password_hash),
+                ) as cursor:
+                    stored_users.append(dict(await cursor.fetchone()))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("email" if "users.email" in str(exc) else "username") from None
+        stored_chats = []
+        for name, owner in chats:
+            async with conn.execute(
+                """INSERT INTO chats (name, owner_id) VALUES (?, ?)
+                       RETURNING id, name, owner_id, created_at""",
+                (name, stored_users[owner]["id"]),
+            ) as cursor:
+                stored_chats.append(dict(await cursor.fetchone()))
+        stored_messages = []
+        for chat, owner, text, nonce, created_at in messages:
+            async with conn.execute(
+                """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                       VALUES (?, ?, ?, ?, COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))
+                       RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                (stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce, created_at),
+            ) as cursor:
+                row = dict(await cursor.fetchone())
+            stored_messages.append({**row, "username": stored_users[owner]["username"]})
+    return stored_users, stored_chats, stored_messages
