@@ -610,7 +610,10 @@ class ChatSession:
             if frame["id"] <= self._last_ids[chat_id]:
                 return  # delivered already (a replay after a reconnect, or a nonce echo)
             self._last_ids[chat_id] = frame["id"]
-        elif kind == "joined" and link.auto_joins[chat_id] > 0:
+        elif kind == "joined" and frame.get("cursor_reset") and chat_id in self._last_ids:
+            # Our cursor was beyond the chat's newest message: resume from the server's.
+            self._last_ids[chat_id] = frame["last_id"]
+        if kind == "joined" and link.auto_joins[chat_id] > 0:
             link.auto_joins[chat_id] -= 1
             return
         await self._inbox.put(frame)

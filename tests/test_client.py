@@ -201,6 +201,21 @@ async def test_join_with_since_replays_then_goes_live(client, accounts):
         assert receiver.last_ids == {chat: frames[0]["id"]}
 
 
+async def test_a_cursor_beyond_the_chat_is_reset_and_nothing_later_is_dropped(client, accounts):
+    url = url_of(client)
+    alice, bob = await accounts(url, "alice"), await accounts(url, "bob")
+    chat = (await alice.create_chat("general"))["id"]
+    async with alice.connect() as sender, bob.connect() as receiver:
+        newest = (await post(sender, chat, "one", "n1"))["id"]
+        await receiver.join(chat, since=newest + 10_000)  # say, a database restored from backup
+        joined = await next_of(receiver, "joined")
+        assert (joined["cursor_reset"], joined["last_id"]) == (True, newest)
+        assert receiver.last_ids == {chat: newest}
+        await post(sender, chat, "two", "n2")
+        frames = await collect_until(receiver, chat, "two")
+        assert [f["text"] for f in frames if f["type"] == "message"] == ["two"]
+
+
 async def test_join_without_since_starts_from_now(client, accounts):
     url = url_of(client)
     alice, bob = await accounts(url, "alice"), await accounts(url, "bob")
