@@ -233,13 +233,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         sys.exit(f"chatapi: cannot start: {exc}")
     except EOFError:
-        sys.exit("chatapi: no password given")
+        leave_prompt("no password given", 1)
     except KeyboardInterrupt:
-        # Ctrl-C at a prompt, or before serving began; the terminal's line is left
-        # after the prompt, hence the newline there.
-        print("\nchatapi: interrupted" if sys.stderr.isatty() else "chatapi: interrupted",
-              file=sys.stderr)
-        sys.exit(130)
+        # Ctrl-C at a prompt, or before serving began.
+        leave_prompt("interrupted", 130)
+
+
+def leave_prompt(message: str, code: int) -> None:
+    """Exit with one line; on a terminal, below the prompt the line was left on."""
+    print(f"{chr(10) if sys.stderr.isatty() else ''}chatapi: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
