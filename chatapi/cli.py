@@ -29,7 +29,18 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+def port_number(text: str) -> int:
+    """--port's value, refused in plain words when it is not a port."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to 65535, got {text!r}"
+        ) from None
+
+
 def parser() -> argparse.ArgumentParser:
+    """The command line: global settings, then an optional admin command."""
     p = argparse.ArgumentParser(
         prog="chatapi",
         description="Serve the ChatAPI chat server (no command), or run an admin command on "
@@ -37,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="address to listen on (CHATAPI_HOST, default 127.0.0.1)")
     p.add_argument(
-        "--port", type=int, help="port to listen on, 0 for any free one (CHATAPI_PORT, default 8080)"
+        "--port", type=port_number,
+        help="port to listen on, 0 for any free one (CHATAPI_PORT, default 8080)",
     )
     db_help = "SQLite database file (CHATAPI_DB, default ./chatapi.db; ':memory:' for none)"
     p.add_argument("--db", dest="db_path", help=db_help)
