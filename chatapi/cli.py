@@ -192,7 +192,12 @@ async def serve(config: Config) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on {config.host} port {config.port}: {exc.strerror or exc}"
+            ) from None
         host, port = runner.addresses[0][:2]
         # The first line on stdout is the bound URL (useful with --port 0).
         print(openable_url(host, port), flush=True)

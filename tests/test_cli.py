@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import select
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -188,6 +189,21 @@ def test_serve_refuses_a_path_under_a_missing_directory(tmp_path):
     done = chatapi("--port", "0", cwd=tmp_path, CHATAPI_DB=str(tmp_path / "no" / "chat.db"))
     assert_one_line_failure(done, str(tmp_path / "no" / "chat.db"), f"no directory {tmp_path / 'no'}")
     assert files_in(tmp_path) == []
+
+
+def test_serve_on_a_port_in_use_names_the_address(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = chatapi("--port", str(port), "--db", ":memory:", cwd=tmp_path)
+    assert_one_line_failure(done, f"cannot listen on 127.0.0.1 port {port}", "in use")
+
+
+def test_serve_on_an_unknown_host_names_it(tmp_path):
+    done = chatapi("--port", "0", "--db", ":memory:", cwd=tmp_path,
+                   CHATAPI_HOST="no-such-host.invalid")
+    assert_one_line_failure(done, "cannot listen on no-such-host.invalid port 0")
 
 
 def test_serve_creates_the_default_database_and_names_it(tmp_path):
