@@ -178,6 +178,25 @@ def test_serve_refuses_a_file_that_is_not_a_database_instead_of_hanging(tmp_path
     assert files_in(tmp_path) == ["chatapi.db"]  # no -wal or -shm beside it
 
 
+def test_opening_a_file_that_is_not_a_database_fails_and_ends(tmp_path):
+    # Below the command's own check: the storage layer must not leave a connection thread
+    # behind that keeps the process alive (this is what made the server hang).
+    (tmp_path / "junk.db").write_bytes(b"junk" * 1000)
+    code = (
+        "import asyncio, sys\n"
+        "from chatapi import db\n"
+        "try:\n"
+        "    asyncio.run(db.open_database(sys.argv[1]))\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "junk.db")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "DatabaseError file is not a database\n"
+    assert done.stderr == ""
+
+
 def test_serve_refuses_a_directory(tmp_path):
     (tmp_path / "data").mkdir()
     done = chatapi("--port", "0", "--db", "data", cwd=tmp_path)
