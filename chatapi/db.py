@@ -85,11 +85,16 @@ def schema_sql() -> str:
 
 async def _connect(path: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path)
-    conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA busy_timeout = 5000")
-    # FULL: an acknowledged message survives power loss, not only a crash.
-    await conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        # FULL: an acknowledged message survives power loss, not only a crash.
+        await conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        # An unclosed connection's thread would keep the process alive forever.
+        await conn.close()
+        raise
     return conn
 
 

@@ -233,11 +233,13 @@ def test_admin_commands_from_the_readme_while_the_server_runs(tmp_path):
         status, chat = http(server.url + "/chats/create", "POST", {"name": "ops"}, owner["token"])
         assert chat["id"] == 1
 
+        # As written: in the directory of README's first command, with its .venv there.
+        (tmp_path / ".venv").symlink_to(BIN.parent)
         for line in readme_block("Operate it", "sh").strip().splitlines():
-            env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env,
-                                  capture_output=True, text=True, timeout=60, check=False)
+            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=60, check=False)
             assert done.returncode == 0, (line, done.stderr)
+            assert done.stderr == f"chatapi: using database {database}\n"
 
         # create-user, then reset-password: only the second passphrase logs in.
         login = {"email": "admin@example.com", "password": "another passphrase"}
@@ -252,6 +254,8 @@ def test_admin_commands_from_the_readme_while_the_server_runs(tmp_path):
 
 def test_create_user_rejects_bad_input_with_one_line(tmp_path):
     db = str(tmp_path / "c.db")
+    with ChatServer(db_path=db, bcrypt_rounds=4):
+        pass  # admin commands work on the database a server created
     done = run_cli("--db", db, "create-user", "--email", "a@example.com", "--username", "al",
                    stdin="password1\n")
     assert done.returncode != 0 and "username" in done.stderr and "Traceback" not in done.stderr
