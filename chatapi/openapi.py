@@ -276,7 +276,11 @@ Server to client (clients ignore types they do not know):
 
 - `{{"type": "message", "id", "chat_id", "owner_id", "username", "text", "created_at",
   "nonce"?}}`: a committed message of a subscribed chat, in increasing id order per chat.
-- `{{"type": "joined", "chat_id"}}`: answer to `join`, after the replayed messages.
+- `{{"type": "joined", "chat_id", "cursor_reset"?: true, "last_id"?: int}}`: answer to
+  `join`, after the replayed messages. `cursor_reset` and `last_id` when `since` was beyond
+  the chat's newest message: the server resumed from `last_id`, the client's new cursor.
+- `{{"type": "chat_created", "chat": {{"id", "name", "owner_id", "created_at"}}}}`: a chat
+  was created; sent to every open socket.
 - `{{"type": "left", "chat_id"}}`: answer to `leave`.
 - `{{"type": "presence", "users": [{{"user_id", "username", "is_online"}}]}}`: users who came
   online or went offline, batched (at most one such frame per socket per interval).
