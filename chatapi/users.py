@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import db, security
 from .auth import USER, public
+from .hub import REVOKED
 from .keys import CONFIG, DB, HUB, SECRET, THROTTLE
 from .throttle import Reservation
 from .validation import (
@@ -136,7 +137,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     user = request[USER]
     await db.revoke_tokens(request.app[DB], user["id"])
-    await request.app[HUB].disconnect_user(user["id"], code=4001, reason="logged out")
+    request.app[HUB].disconnect_user(user["id"], code=REVOKED, reason="logged out")
     return web.Response(status=204)
 
 

@@ -270,3 +270,86 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(aiohttp_client, conf
             break
         await asyncio.sleep(0.02)
     assert not app[HUB].connections
+
+
+async def test_a_frame_of_exactly_the_limit_is_taken_and_one_byte_more_is_1009(
+    client, register, config
+):
+    alice = await register(client, "alice")
+    ws = await connect(client, alice)
+    prefix, suffix = '{"chat_id": 1, "text": "', '"}'
+    filler = "x" * (config.max_frame - len(prefix) - len(suffix))
+    await ws.send_str(prefix + filler + suffix)  # exactly max_frame bytes
+    assert "at most" in (await next_frame(ws, "error"))["error"]  # text over 5000: an error only
+    await ws.send_str(prefix + filler + "x" + suffix)
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009
+
+
+async def test_a_lone_surrogate_nonce_gets_the_validation_error(client, register, caplog):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_str(f'{{"chat_id": {chat}, "text": "hi", "nonce": "\\ud800"}}')
+    error = await next_frame(ws, "error")
+    assert error == {"type": "error", "error": "nonce must be a string of 1 to 64 characters"}
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    await ws.send_json({"chat_id": chat, "text": "still fine", "nonce": "n1"})
+    assert (await next_frame(ws))["text"] == "still fine"
+
+
+async def test_a_reused_nonce_sent_to_a_missing_chat_is_refused(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_json({"chat_id": chat, "text": "first", "nonce": "once"})
+    assert (await next_frame(ws))["nonce"] == "once"
+    await ws.send_json({"chat_id": 999, "text": "first", "nonce": "once"})
+    assert await next_frame(ws) == {
+        "type": "error", "error": "chat 999 does not exist", "nonce": "once"
+    }
+
+
+async def test_the_server_waits_for_the_clients_close_reply(client, register):
+    # A raw client: the server's close frame must not be followed by the TCP
+    # connection dropping before the client has answered it (the peer would see 1006).
+    alice = await register(client, "alice")
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET /chats/ws?token={alice['token']} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
+    assert await read_frame(reader) == (0x1, b'{"type": "left", "chat_id": 1}')
+
+    assert (await client.post("/auth/logout", headers=alice.headers)).status == 204
+    opcode, payload = await read_frame(reader)
+    assert opcode == 0x8 and int.from_bytes(payload[:2]) == 4001
+    # Not dropped before the reply: nothing (no EOF) until the client answers.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.5)
+    writer.write(masked_close_frame(4001))
+    # Then the server ends the connection (aiohttp may repeat its close frame first).
+    rest = await asyncio.wait_for(reader.read(), 5)
+    assert rest == b"" or rest[0] == 0x88, rest
+    writer.close()
+    await writer.wait_closed()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(opcode, payload) of one short unmasked server frame."""
+    head = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert head[1] < 126, head
+    return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(head[1]), 5)
+
+
+def masked_text_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+def masked_close_frame(code: int) -> bytes:
+    return masked_text_frame(code.to_bytes(2), opcode=0x8)
