@@ -13,12 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from . import __version__, db, security, users
-from .app import create_app
 from .config import Config, ConfigError, from_env
-from .middlewares import RedactingAccessLogger
+from .redaction import redact_logs
+from .runner import CappedSite, make_runner
 from .validation import ApiError
 
 T = TypeVar("T")
@@ -119,17 +117,10 @@ def checked(validate: Callable[[dict[str, Any]], T], body: dict[str, Any]) -> T:
 
 async def serve(config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        access_log_class=RedactingAccessLogger,
-        access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
-        shutdown_timeout=3.0,
-    )
+    runner = make_runner(config)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        await CappedSite(runner, config).start()
         host, port = runner.addresses[0][:2]
         # The first line on stdout is the bound URL (useful with --port 0).
         print(f"http://{host if ':' not in host else f'[{host}]'}:{port}", flush=True)
@@ -149,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact_logs(*logging.getLogger().handlers)
     try:
         config = from_env(host=args.host, port=args.port, db_path=args.db_path)
         if args.command == "create-user":

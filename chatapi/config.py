@@ -40,6 +40,10 @@ class Config:
     frames_per_second: float = 20.0  # sustained client frames per socket
     frame_burst: int = 60  # client frames a socket may send at once
     max_sockets_per_user: int = 32
+    # Seconds an idle keep-alive connection, or a request whose headers or body have
+    # not all arrived, is kept open.
+    idle_timeout: float = 15.0
+    max_connections: int = 0  # open HTTP connections; 0: the descriptor limit minus a reserve
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -61,6 +65,11 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
+
+        if not self.idle_timeout > 0:
+            raise ConfigError("idle timeout must be positive")
+        if self.max_connections < 0:
+            raise ConfigError("max connections must be 0 (automatic) or positive")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (validated again)."""
@@ -111,6 +120,8 @@ ENVIRONMENT = {
     "CHATAPI_LOGIN_FAILURES": ("login_failures_per_account", int),
     "CHATAPI_FRAMES_PER_SECOND": ("frames_per_second", float),
     "CHATAPI_MAX_SOCKETS_PER_USER": ("max_sockets_per_user", int),
+    "CHATAPI_IDLE_TIMEOUT": ("idle_timeout", float),
+    "CHATAPI_MAX_CONNECTIONS": ("max_connections", int),
 }
 
 

@@ -50,6 +50,8 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
         # aiohttp refuses a frame of max_msg_size bytes; the contract, only larger ones.
         heartbeat=config.heartbeat, max_msg_size=config.max_frame + 1, compress=False
     )
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "not a websocket handshake: send Upgrade: websocket")
     await ws.prepare(request)
 
     conn = Connection(

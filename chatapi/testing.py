@@ -18,9 +18,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from .app import create_app
 from .config import Config
-from .middlewares import RedactingAccessLogger
+from .runner import CappedSite, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +105,10 @@ class ChatServer:
             loop.close()
 
     async def _setup(self) -> web.AppRunner:
-        runner = web.AppRunner(
-            create_app(self.config),
-            access_log_class=RedactingAccessLogger,
-            access_log=logging.getLogger("aiohttp.access") if self.config.access_log else None,
-            shutdown_timeout=3.0,
-        )
+        runner = make_runner(self.config)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port)
-            await site.start()
+            await CappedSite(runner, self.config).start()
         except BaseException:
             await runner.cleanup()
             raise

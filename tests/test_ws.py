@@ -8,7 +8,7 @@ import socket
 
 import aiohttp
 import pytest
-from conftest import connect, create_chat, next_frame, no_frame
+from conftest import assert_error, connect, create_chat, next_frame, no_frame
 
 from chatapi import create_app
 from chatapi.keys import HUB
@@ -353,3 +353,10 @@ def masked_text_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 
 def masked_close_frame(code: int) -> bytes:
     return masked_text_frame(code.to_bytes(2), opcode=0x8)
+
+
+async def test_the_websocket_route_without_a_handshake_is_a_json_400(client, register):
+    alice = await register(client, "alice")
+    resp = await client.get("/chats/ws", headers=alice.headers)
+    body = await assert_error(resp, 400)
+    assert body["error"] == "not a websocket handshake: send Upgrade: websocket"
