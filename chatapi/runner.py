@@ -99,14 +99,83 @@ def refuse(conn: socket.socket) -> None:
     conn.close()
 
 
-class ChatRequestHandler(RequestHandler):
-    """aiohttp's connection handler, counted by its site, answering errors in JSON."""
+class MaskCheck:
+    """Follows the frame boundaries of a client's websocket stream (RFC 6455 5.2);
+    `feed` is False from the first frame that is not masked.
 
-    __slots__ = ("_site",)
+    aiohttp's frame reader takes unmasked client frames, which RFC 6455 5.1 forbids
+    (masking is what keeps a page's frames from poisoning a proxy's cache).
+    """
+
+    __slots__ = ("_head", "_skip")
+
+    def __init__(self) -> None:
+        self._head = b""  # the start of a frame header, split across reads
+        self._skip = 0  # payload bytes of the current frame still to come
+
+    def feed(self, data: bytes) -> bool:
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            head = self._head + data[pos:pos + 14]
+            if len(head) < 2:
+                self._head = head
+                return True
+            if not head[1] & 0x80:
+                return False
+            length = head[1] & 0x7F
+            extended = {126: 2, 127: 8}.get(length, 0)
+            size = 2 + extended + 4  # the header, its extended length, the masking key
+            if len(head) < size:
+                self._head = head
+                return True
+            if extended:
+                length = int.from_bytes(head[2:2 + extended])
+            pos += size - len(self._head)
+            self._head = b""
+            self._skip = length
+        return True
+
+
+# The close frame of a failed connection: 1002, protocol error (RFC 6455 7.1.7).
+_UNMASKED_CLOSE = b"\x88\x1e\x03\xeaclient frames must be masked"
+
+
+class ChatRequestHandler(RequestHandler):
+    """aiohttp's connection handler, counted by its site, answering errors in JSON
+    and failing a websocket whose client does not mask its frames."""
+
+    __slots__ = ("_masks", "_site")
 
     def __init__(self, site: CappedSite, server: web.Server, **kwargs: Any) -> None:
         super().__init__(server, **kwargs)
-        self._site = site
+        self._site: CappedSite | None = site
+        self._masks: MaskCheck | None = None
+
+    def set_parser(self, parser: Any, data_received_cb: Any = None) -> None:
+        """After a websocket handshake: check the masking of every client frame."""
+        self._masks = MaskCheck()
+        # Frames that came with the handshake are fed to the parser from here.
+        if not self._masks.feed(getattr(self, "_message_tail", b"")):
+            self._fail_unmasked()
+            return
+        super().set_parser(parser, data_received_cb)
+
+    def _fail_unmasked(self) -> None:
+        self._masks = None
+        if self.transport is not None:
+            self.transport.write(_UNMASKED_CLOSE)
+        self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._masks is not None and not self._masks.feed(data):
+            self._fail_unmasked()
+            return
+        super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._site is not None:

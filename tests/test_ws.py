@@ -12,6 +12,8 @@ from conftest import assert_error, connect, create_chat, next_frame, no_frame
 
 from chatapi import create_app
 from chatapi.keys import HUB
+from chatapi.runner import MaskCheck
+from chatapi.testing import ChatServer
 
 
 async def test_two_users_see_each_others_messages(client, register):
@@ -310,17 +312,57 @@ async def test_a_reused_nonce_sent_to_a_missing_chat_is_refused(client, register
     }
 
 
-async def test_the_server_waits_for_the_clients_close_reply(client, register):
-    # A raw client: the server's close frame must not be followed by the TCP
-    # connection dropping before the client has answered it (the peer would see 1006).
-    alice = await register(client, "alice")
-    reader, writer = await asyncio.open_connection(client.host, client.port)
+def test_the_mask_check_follows_frames_split_anywhere():
+    stream = b"".join(
+        masked_text_frame(b"x" * size) for size in (0, 5, 125, 126, 300, 65535, 65536, 70000)
+    )
+    for chunk in (1, 2, 3, 7, 13, 1000, len(stream)):
+        check = MaskCheck()
+        assert all(check.feed(stream[i:i + chunk]) for i in range(0, len(stream), chunk))
+        assert not check.feed(masked_text_frame(b"unmasked", masked=False))
+
+
+async def test_an_unmasked_client_frame_fails_the_connection_with_1002():
+    # The production runner (as `chatapi` serves), over a raw socket.
+    async with ChatServer(bcrypt_rounds=4) as server:
+        reader, writer = await websocket_handshake(server.url, await token_for(server.url))
+        writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
+        assert (await read_frame(reader))[0] == 0x1  # masked: served
+        writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}', masked=False))
+        opcode, payload = await read_frame(reader)
+        assert opcode == 0x8 and int.from_bytes(payload[:2]) == 1002
+        assert payload[2:] == b"client frames must be masked"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await writer.wait_closed()
+
+
+async def token_for(url: str) -> str:
+    body = {"email": "raw@example.com", "username": "raw", "password": "password1"}
+    async with aiohttp.ClientSession() as http, http.post(url + "/auth/reg", json=body) as resp:
+        return (await resp.json())["token"]
+
+
+async def websocket_handshake(
+    url: str, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A websocket opened by hand on a raw connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
-        f"GET /chats/ws?token={alice['token']} HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n"
+        f"GET /chats/ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return reader, writer
+
+
+async def test_the_server_waits_for_the_clients_close_reply(client, register):
+    # A raw client: the server's close frame must not be followed by the TCP
+    # connection dropping before the client has answered it (the peer would see 1006).
+    alice = await register(client, "alice")
+    reader, writer = await websocket_handshake(f"http://{client.host}:{client.port}", alice["token"])
     writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
     assert await read_frame(reader) == (0x1, b'{"type": "left", "chat_id": 1}')
 
@@ -345,10 +387,18 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(head[1]), 5)
 
 
-def masked_text_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+def masked_text_frame(payload: bytes, opcode: int = 0x1, masked: bool = True) -> bytes:
+    """One client frame (FIN set), masked as RFC 6455 requires unless told otherwise."""
+    mask = b"\x01\x02\x03\x04" if masked else b""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if masked else payload
+    bit = 0x80 if masked else 0
+    if len(payload) < 126:
+        length = bytes([bit | len(payload)])
+    elif len(payload) < 2**16:
+        length = bytes([bit | 126]) + len(payload).to_bytes(2)
+    else:
+        length = bytes([bit | 127]) + len(payload).to_bytes(8)
+    return bytes([0x80 | opcode]) + length + mask + body
 
 
 def masked_close_frame(code: int) -> bytes:
