@@ -64,11 +64,11 @@ def connection_cap(config: Config) -> int:
     return max(soft - RESERVE, soft // 2)
 
 
-def make_runner(config: Config, app: web.Application | None = None) -> web.AppRunner:
-    """The production runner of `app` (create_app(config) by default)."""
+def make_runner(config: Config) -> web.AppRunner:
+    """The production runner of create_app(config); serve it with CappedSite."""
     redact_logs()
     return web.AppRunner(
-        app or create_app(config),
+        create_app(config),
         access_log_class=RedactingAccessLogger,
         access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
         # Also bounds a connection whose request headers never finish.
