@@ -65,7 +65,6 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
-
         if not self.idle_timeout > 0:
             raise ConfigError("idle timeout must be positive")
         if self.max_connections < 0:

@@ -124,6 +124,7 @@ class Connection:
         self._room: asyncio.Event | None = None  # set when the outbox is below half full
         self._pump: asyncio.Task[None] | None = None  # running only while frames are queued
         self._closing: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()  # set by stop()
 
     def send(self, frame: str) -> None:
         """Send a frame without waiting: at once, or queued behind the frames
@@ -224,8 +225,7 @@ class Connection:
                     return
                 # The handler, still reading, gets the peer's answer and ends
                 # the connection then; frames that arrive meanwhile are dropped.
-                while not self.ws.closed:
-                    await asyncio.sleep(0.05)
+                await self._ended.wait()
         except (TimeoutError, ConnectionError, RuntimeError):
             # A peer that stopped reading never answers the close: cut it.
             if self.transport is not None:
@@ -237,8 +237,10 @@ class Connection:
             await asyncio.wait([self._closing])
 
     def stop(self) -> None:
+        """The handler is done with the socket (its read loop has ended)."""
         if self._pump is not None:
             self._pump.cancel()
+        self._ended.set()
 
 
 class Hub:
