@@ -23,6 +23,7 @@ from .middlewares import (
     error_middleware,
     metrics_middleware,
 )
+from .revocation import watch_revocations
 from .throttle import LoginThrottle
 from .writer import MessageWriter
 
@@ -88,7 +89,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     if metrics is not None:
         metrics.watch(hub)
     await users.in_executor(users.dummy_hash, config.bcrypt_rounds)
-    tasks = [asyncio.create_task(writer.run()), asyncio.create_task(hub.run_presence())]
+    tasks = [
+        asyncio.create_task(writer.run()),
+        asyncio.create_task(hub.run_presence()),
+        asyncio.create_task(watch_revocations(database, hub)),
+    ]
     yield
     for task in tasks:
         task.cancel()

@@ -16,12 +16,10 @@ from contextlib import closing
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from aiohttp import web
-
 from . import __version__, db, security, users
-from .app import create_app
 from .config import Config, ConfigError, from_env
-from .middlewares import RedactingAccessLogger
+from .redaction import redact_logs
+from .runner import CappedSite, make_runner
 from .validation import ApiError
 
 T = TypeVar("T")
@@ -182,18 +180,11 @@ def openable_url(host: str, port: int) -> str:
 
 async def serve(config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        access_log_class=RedactingAccessLogger,
-        access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
-        shutdown_timeout=3.0,
-    )
+    runner = make_runner(config)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port)
         try:
-            await site.start()
+            await CappedSite(runner, config).start()
         except OSError as exc:
             raise CommandError(
                 f"cannot listen on {config.host} port {config.port}: {exc.strerror or exc}"
@@ -241,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact_logs(*logging.getLogger().handlers)
     try:
         run(args)
     except ConfigError as exc:

@@ -42,6 +42,10 @@ class Config:
     frames_per_second: float = 20.0  # sustained client frames per socket
     frame_burst: int = 60  # client frames a socket may send at once
     max_sockets_per_user: int = 32
+    # Seconds an idle keep-alive connection, or a request whose headers or body have
+    # not all arrived, is kept open.
+    idle_timeout: float = 15.0
+    max_connections: int = 0  # open HTTP connections; 0: the descriptor limit minus a reserve
 
     def __post_init__(self) -> None:
         for field, value in dataclasses.asdict(self).items():
@@ -93,6 +97,8 @@ REQUIREMENTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "frames_per_second": ("a positive number", _positive_number),
     "frame_burst": _POSITIVE_WHOLE,
     "max_sockets_per_user": _POSITIVE_WHOLE,
+    "idle_timeout": _POSITIVE_SECONDS,
+    "max_connections": ("0 (automatic) or a positive whole number", _whole(0)),
 }
 
 
@@ -192,6 +198,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CHATAPI_LOGIN_FAILURES_PER_ADDRESS": ("login_failures_per_address", int),
     "CHATAPI_FRAMES_PER_SECOND": ("frames_per_second", float),
     "CHATAPI_MAX_SOCKETS_PER_USER": ("max_sockets_per_user", int),
+    "CHATAPI_IDLE_TIMEOUT": ("idle_timeout", float),
+    "CHATAPI_MAX_CONNECTIONS": ("max_connections", int),
 }
 
 # Config field -> command-line flag that sets it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -338,6 +339,12 @@ class Draft:
     username: str
     text: str
     nonce: str | None = None
+    # The token version the sending socket authenticated with: once the user's
+    # tokens are revoked (logout, a password reset), the draft is not stored.
+    token_version: int | None = None
+
+
+REVOKED = "your tokens were revoked: log in again"
 
 
 @dataclass
@@ -365,12 +372,16 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
     results = []
     for draft in drafts:
         try:
+            # Checked in the statement that inserts, inside the batch's transaction:
+            # a revocation committed before it (logout answered) stops the draft.
             rows = conn.execute(
                 """INSERT INTO messages (chat_id, owner_id, text, nonce)
-                   VALUES (?, ?, ?, ?)
+                   SELECT ?1, ?2, ?3, ?4
+                   WHERE ?5 IS NULL OR EXISTS (
+                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
                    ON CONFLICT DO NOTHING
                    RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                (draft.chat_id, draft.owner_id, draft.text, draft.nonce),
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
             ).fetchall()
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
@@ -384,11 +395,21 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         if rows:
             results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
             continue
+        if draft.token_version is not None and not _still_valid(conn, draft):
+            results.append(Stored(None, error=REVOKED))
+            continue
         (original,) = conn.execute(
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
                 WHERE m.owner_id = ? AND m.nonce = ?""",
             (draft.owner_id, draft.nonce),
         ).fetchall()
+        # The unique nonce wins over the foreign key: a repeat sent to a chat
+        # that does not exist must still be refused as such.
+        if original["chat_id"] != draft.chat_id and not conn.execute(
+            """SELECT 1 FROM chats WHERE id = ?""", (draft.chat_id,)
+        ).fetchall():
+            results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
+            continue
         results.append(Stored(dict(original)))
     return results
 
@@ -440,3 +461,24 @@ async def insert_seed(
                 row = dict(await cursor.fetchone())
             stored_messages.append({**row, "username": stored_users[owner]["username"]})
     return stored_users, stored_chats, stored_messages
+
+
+def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
+    rows = conn.execute(
+        """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
+        (draft.owner_id, draft.token_version),
+    ).fetchall()
+    return bool(rows)
+
+
+# Revocation
+
+
+async def token_versions(db: Database, user_ids: Sequence[int]) -> dict[int, int]:
+    """The current token version of each of `user_ids` (absent: no such user any more)."""
+    rows = await db.read(
+        """SELECT id, token_version FROM users
+           WHERE id IN (SELECT value FROM json_each(?))""",
+        (json.dumps(list(user_ids)),),
+    )
+    return {row["id"]: row["token_version"] for row in rows}

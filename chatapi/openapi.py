@@ -288,7 +288,8 @@ Server to client (clients ignore types they do not know):
   the socket stays open.
 
 Close codes: 1001 server shutting down, 1008 or 1011 too slow to keep up (more than
-{outbox_limit} frames waiting) or too many frames, 1009 frame too large, 4001 logged out. The server pings
+{outbox_limit} frames waiting) or too many frames, 1009 frame too large, 1002 client frame
+not masked, 4001 logged out or password reset (tokens revoked). The server pings
 every {heartbeat:g} seconds and drops peers that stop answering.
 """
 

@@ -47,8 +47,11 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     if hub.sockets_of(user["id"]) >= config.max_sockets_per_user:
         raise ApiError(429, "too many open websockets for this user", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
-        heartbeat=config.heartbeat, max_msg_size=config.max_frame, compress=False
+        # aiohttp refuses a frame of max_msg_size bytes; the contract, only larger ones.
+        heartbeat=config.heartbeat, max_msg_size=config.max_frame + 1, compress=False
     )
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "not a websocket handshake: send Upgrade: websocket")
     await ws.prepare(request)
 
     conn = Connection(
@@ -59,6 +62,8 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
             await record_presence(request.app, conn.user_id, True)
         budget = FrameBudget(config.frames_per_second, config.frame_burst)
         async for msg in ws:
+            if conn.dropped:
+                continue  # closing (logout, revoked, too slow): nothing more is taken from it
             if not budget.take():
                 if budget.refused > config.frame_burst:
                     conn.close(1008, "too many frames")
@@ -147,7 +152,9 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
                 "unknown frame type: expected 'message', 'join' or 'leave'"
             )
     except FrameError as exc:
-        extra = {"nonce": frame["nonce"]} if isinstance(frame.get("nonce"), str) else {}
+        nonce = frame.get("nonce")
+        # A nonce that cannot be encoded (a lone surrogate) is not echoed back.
+        extra = {"nonce": nonce} if isinstance(nonce, str) and is_utf8(nonce) else {}
         conn.send(error_frame(str(exc), **extra))
 
 
@@ -181,7 +188,7 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     was_subscribed = chat_id in conn.subscriptions
     app[HUB].subscribe(chat_id, conn)
-    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce)
+    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
     stored = await app[WRITER].post(draft)
     if stored.error:
         if not was_subscribed:

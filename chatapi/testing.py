@@ -34,7 +34,7 @@ from .app import create_app
 from .client import error_of_answer
 from .config import Config
 from .keys import CONFIG, DB, SECRET
-from .middlewares import RedactingAccessLogger
+from .runner import CappedSite, make_runner
 from .validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -224,16 +224,10 @@ class ChatServer:
 
     async def _setup(self) -> web.AppRunner:
         self._app = create_app(self.config)
-        runner = web.AppRunner(
-            self._app,
-            access_log_class=RedactingAccessLogger,
-            access_log=logging.getLogger("aiohttp.access") if self.config.access_log else None,
-            shutdown_timeout=3.0,
-        )
+        runner = make_runner(self.config, self._app)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port)
-            await site.start()
+            await CappedSite(runner, self.config).start()
         except BaseException:
             await runner.cleanup()
             raise

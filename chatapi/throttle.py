@@ -1,4 +1,9 @@
-"""Sliding-window counting of failed logins, per account and per client address."""
+"""Sliding-window counting of login attempts, per account and per client address.
+
+An attempt is counted (reserved) before its password is checked and settled after:
+a failure keeps its place in the window, a success gives back only its own. So N
+guesses sent at once meet the same limit as N sent one after the other.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 
 class SlidingWindow:
@@ -47,32 +54,68 @@ class SlidingWindow:
             return 0
         return max(1, math.ceil(events[0] + self.window - self._clock()))
 
-    def hit(self, key: str) -> None:
+    def hit(self, key: str) -> float:
+        """Count an event for `key` now; returns its time stamp (for `forget`)."""
         events = self._recent(key)
         if events is None:
             events = self._events[key] = deque()
         self._events.move_to_end(key)
-        events.append(self._clock())
+        stamp = self._clock()
+        events.append(stamp)
         while len(self._events) > self._max_keys:
             self._events.popitem(last=False)
+        return stamp
 
-    def clear(self, key: str) -> None:
-        self._events.pop(key, None)
+    def forget(self, key: str, stamp: float) -> None:
+        """Take back one event of `key` counted at `stamp`, and no other."""
+        events = self._events.get(key)
+        if events is not None and stamp in events:
+            events.remove(stamp)
+            if not events:
+                del self._events[key]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One login attempt counted before its password is checked."""
+
+    account: str
+    address: str
+    account_stamp: float
+    address_stamp: float
+
+
+class Throttle(Protocol):
+    """What the login handler needs; an implementation shared by several processes
+    (in the database) can stand in for the in-memory one."""
+
+    def reserve(self, account: str, address: str) -> Reservation | int:
+        """Count an attempt, or return the seconds to wait (over the limit: nothing counted)."""
+        ...
+
+    def settle(self, reservation: Reservation, ok: bool) -> None:
+        """A failed attempt stays counted; a successful one gives back its own place only."""
+        ...
 
 
 class LoginThrottle:
-    """Failed logins counted per email and per client address."""
+    """Login attempts counted per email and per client address, in this process's memory."""
 
     def __init__(self, per_account: int, per_address: int, window: float) -> None:
         self.accounts = SlidingWindow(per_account, window)
         self.addresses = SlidingWindow(per_address, window)
 
-    def retry_after(self, email: str, address: str) -> int:
-        return max(self.accounts.retry_after(email), self.addresses.retry_after(address))
+    def reserve(self, account: str, address: str) -> Reservation | int:
+        """Count an attempt, or return the seconds to wait (over the limit: nothing counted)."""
+        # Check and count with no await between: concurrent attempts cannot all
+        # pass the check before any of them is counted.
+        retry_after = max(self.accounts.retry_after(account), self.addresses.retry_after(address))
+        if retry_after:
+            return retry_after
+        return Reservation(account, address, self.accounts.hit(account), self.addresses.hit(address))
 
-    def failed(self, email: str, address: str) -> None:
-        self.accounts.hit(email)
-        self.addresses.hit(address)
-
-    def succeeded(self, email: str) -> None:
-        self.accounts.clear(email)
+    def settle(self, reservation: Reservation, ok: bool) -> None:
+        """A failed attempt stays counted; a successful one gives back its own place only."""
+        if ok:
+            self.accounts.forget(reservation.account, reservation.account_stamp)
+            self.addresses.forget(reservation.address, reservation.address_stamp)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -137,3 +142,27 @@ async def assert_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, A
     assert isinstance(body.get("error"), str) and body["error"]
     assert set(body) <= {"error", "details"}
     return body
+
+
+@contextlib.asynccontextmanager
+async def chatapi_process(
+    tmp_path: Path, preexec_fn: Callable[[], None] | None = None, **env: str
+) -> AsyncIterator[tuple[str, Path]]:
+    """`python -m chatapi --port 0` on a file in tmp_path, with production settings but
+    bcrypt cost 4 and `env`; yields (its URL, the file its stderr goes to)."""
+    stderr_path = tmp_path / "stderr"
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CHATAPI_BCRYPT_ROUNDS": "4", **env}
+    with stderr_path.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatapi", "--port", "0", "--db", str(tmp_path / "chat.db"),
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=environ, preexec_fn=preexec_fn,
+        )
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        assert url.startswith("http://127.0.0.1:"), stderr_path.read_text()
+        yield url, stderr_path
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)

@@ -113,3 +113,22 @@ def test_a_rejected_secret_is_not_echoed():
 def test_replace_validates_again():
     with pytest.raises(ConfigError):
         Config().replace(bcrypt_rounds=2)
+
+
+@pytest.mark.parametrize(
+    "environ, fragment",
+    [
+        ({"CHATAPI_IDLE_TIMEOUT": "0"}, "CHATAPI_IDLE_TIMEOUT must be a positive"),
+        ({"CHATAPI_IDLE_TIMEOUT": "soon"}, "CHATAPI_IDLE_TIMEOUT"),
+        ({"CHATAPI_MAX_CONNECTIONS": "-1"}, "CHATAPI_MAX_CONNECTIONS must be 0 (automatic)"),
+    ],
+)
+def test_bad_connection_settings_raise_one_clear_error(environ, fragment):
+    with pytest.raises(ConfigError) as info:
+        from_env(environ)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_connection_settings_are_read():
+    config = from_env({"CHATAPI_IDLE_TIMEOUT": "5", "CHATAPI_MAX_CONNECTIONS": "300"})
+    assert (config.idle_timeout, config.max_connections) == (5.0, 300)
