@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -24,6 +24,7 @@ import jwt
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schema.sql"
+PG_SCHEMA = ROOT / "schema_postgres.sql"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 SERVER_CORE = 0
@@ -274,6 +275,40 @@ def create_database(
     )
     conn.commit()
     return conn
+
+
+POSTGRES_URL = os.environ.get(
+    "CHATAPI_BENCH_POSTGRES_URL", "postgresql://chatapi:chatapi@127.0.0.1:5432/chatapi_test"
+)
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(users: int, chats: int) -> AsyncIterator[str]:
+    """A fresh schema of the PostgreSQL database at CHATAPI_BENCH_POSTGRES_URL with the
+    server's schema, `users` users (user1..) and `chats` chats; its URL. Dropped after."""
+    import asyncpg
+
+    schema = f"bench{os.getpid()}"
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path = {schema}")
+        await conn.execute(PG_SCHEMA.read_text("utf-8"))
+        await conn.executemany(
+            "INSERT INTO users (id, email, username, username_key, password_hash) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [(i, f"user{i}@example.com", f"user{i}", f"user{i}", PLACEHOLDER_HASH)
+             for i in range(1, users + 1)],
+        )
+        await conn.executemany(
+            "INSERT INTO chats (id, name, owner_id) VALUES ($1, $2, 1)",
+            [(i, f"chat {i}") for i in range(1, chats + 1)],
+        )
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        yield f"{POSTGRES_URL}{sep}search_path={schema}"
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
 
 
 # Statistics

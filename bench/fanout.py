@@ -62,6 +62,7 @@ class Side:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     clients: list[WSClient] = field(default_factory=list)
     sender: WSClient | None = None
+    sender_port: int = 0  # the sender on another process of the same database (0: the same)
     setup_s: float = 0.0
 
     def on_frame(self, client: WSClient, payload: bytes, now: float) -> None:
@@ -80,7 +81,7 @@ class Side:
 
     async def setup(self, n: int) -> None:
         t = time.perf_counter()
-        if self.kind == "chatapi":
+        if self.kind != "bare":
             # user 1 sends; users 2, 3, ... hold SOCKETS_PER_USER subscriber sockets each
             sub_paths = [f"/chats/ws?token={token(2 + i // SOCKETS_PER_USER)}" for i in range(n)]
             send_path = f"/chats/ws?token={token(1)}"
@@ -89,9 +90,11 @@ class Side:
             send_path = "/ws"
         subscribers = await connect_many(HOST, self.server.port, sub_paths, self.on_frame)
         self.clients = subscribers
-        self.sender = await connect(HOST, self.server.port, send_path, self.on_frame)
+        self.sender = await connect(
+            HOST, self.sender_port or self.server.port, send_path, self.on_frame
+        )
         self.clients.append(self.sender)
-        if self.kind == "chatapi":
+        if self.kind != "bare":
             join = json.dumps({"type": "join", "chat_id": 1}).encode()
             for client in subscribers:
                 client.send_text(join)

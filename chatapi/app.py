@@ -13,9 +13,10 @@ from aiohttp import web
 
 from . import chats, db, openapi, realtime, users
 from .auth import public
+from .bus import bus_for
 from .config import Config
 from .hub import Hub
-from .keys import CONFIG, DB, HUB, METRICS, SECRET, THROTTLE, WRITER
+from .keys import BUS, CONFIG, DB, HUB, METRICS, SECRET, THROTTLE, WRITER
 from .metrics import Metrics
 from .middlewares import (
     auth_middleware,
@@ -24,7 +25,7 @@ from .middlewares import (
     metrics_middleware,
 )
 from .revocation import watch_revocations
-from .throttle import LoginThrottle
+from .throttle import LoginThrottle, SharedLoginThrottle
 from .writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -78,21 +79,30 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the database, start the background tasks; on the way out, stop and close."""
     config = app[CONFIG]
     database = await db.open_database(config.db_path)
-    # Nobody can be online before a socket opens: a crash must not leave ghosts.
+    # Nobody can be online here before a socket opens: a crash must not leave ghosts.
     await db.set_everybody_offline(database)
     secret = config.secret or await db.get_or_create_secret(database, secrets.token_hex(32))
     app[SECRET] = secret.encode()
     app[DB] = database
+    if database.shared:
+        app[THROTTLE] = SharedLoginThrottle(
+            database,
+            config.login_failures_per_account,
+            config.login_failures_per_address,
+            config.login_window,
+        )
     metrics = app.get(METRICS)
     hub = app[HUB] = Hub(config.presence_interval, metrics)
-    writer = app[WRITER] = MessageWriter(database, hub, metrics=metrics)
+    bus = app[BUS] = bus_for(database, hub, metrics)
+    writer = app[WRITER] = MessageWriter(database, bus, metrics=metrics)
     if metrics is not None:
-        metrics.watch(hub)
+        metrics.watch(hub, database.pool_in_use)
     await users.in_executor(users.dummy_hash, config.bcrypt_rounds)
     tasks = [
         asyncio.create_task(writer.run()),
         asyncio.create_task(hub.run_presence()),
         asyncio.create_task(watch_revocations(database, hub)),
+        asyncio.create_task(bus.run()),
     ]
     yield
     for task in tasks:
@@ -100,7 +110,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    await db.set_everybody_offline(database)
+    with contextlib.suppress(Exception):  # the database may be away: leases expire anyway
+        await db.set_everybody_offline(database)
     await database.close()
 
 

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from . import db
 from .auth import USER
-from .keys import DB, HUB
-from .validation import ApiError, int_query, json_object, string_field
+from .keys import BUS, DB
+from .validation import NUL, ApiError, int_query, invalid, json_object, string_field
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,10 @@ MAX_PAGE = 1000
 async def create_chat(request: web.Request) -> web.Response:
     body = await json_object(request)
     name = string_field(body, "name", max_len=255, strip=True)
+    if NUL in name:
+        raise invalid("name", "must not contain the character U+0000")
     chat = await db.create_chat(request.app[DB], name, request[USER]["id"])
-    request.app[HUB].announce_chat(chat)
+    request.app[BUS].announce_chat(chat)
     return web.json_response(chat, status=201)
 
 

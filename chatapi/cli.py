@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from . import __version__, db, security, users
-from .config import Config, ConfigError, from_env
+from .config import Config, ConfigError, from_env, shown_db
 from .redaction import redact_logs
 from .runner import CappedSite, make_runner
 from .validation import ApiError
+from .workers import WorkerError, run_workers
 
 T = TypeVar("T")
 
@@ -49,8 +50,16 @@ def parser() -> argparse.ArgumentParser:
         "--port", type=port_number,
         help="port to listen on, 0 for any free one (CHATAPI_PORT, default 8080)",
     )
-    db_help = "SQLite database file (CHATAPI_DB, default ./chatapi.db; ':memory:' for none)"
+    db_help = (
+        "SQLite database file, or a postgresql://user:password@host:port/dbname URL "
+        "(CHATAPI_DB, default ./chatapi.db; ':memory:' for none)"
+    )
     p.add_argument("--db", dest="db_path", help=db_help)
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="serve one port from this many processes (PostgreSQL only; default 1)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"chatapi {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -90,8 +99,10 @@ def checked_database(path: str, must_exist: bool) -> str:
 
     Serving creates a missing file; admin commands refuse one, so that a command run
     from the wrong directory does not quietly work on a new, empty database.
-    Raises CommandError naming the path.
+    Raises CommandError naming the path. A PostgreSQL URL is returned as it is.
     """
+    if db.is_postgres(path):
+        return path  # checked by Config; reached (or not) when opened
     if path == ":memory:":
         if must_exist:
             raise CommandError("admin commands need the server's database file, not ':memory:'")
@@ -178,13 +189,13 @@ def openable_url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, reuse_port: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     runner = make_runner(config)
     await runner.setup()
     try:
         try:
-            await CappedSite(runner, config).start()
+            await CappedSite(runner, config, reuse_port=reuse_port).start()
         except OSError as exc:
             raise CommandError(
                 f"cannot listen on {config.host} port {config.port}: {exc.strerror or exc}"
@@ -192,7 +203,7 @@ async def serve(config: Config) -> None:
         host, port = runner.addresses[0][:2]
         # The first line on stdout is the bound URL (useful with --port 0).
         print(openable_url(host, port), flush=True)
-        log.info("listening on %s port %d, database %s", host, port, config.db_path)
+        log.info("listening on %s port %d, database %s", host, port, shown_db(config.db_path))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -210,7 +221,7 @@ def run(args: argparse.Namespace) -> None:
     config = config.replace(db_path=checked_database(config.db_path, must_exist=admin))
     if admin:
         # stderr, so that export's stdout stays pure JSON lines.
-        print(f"chatapi: using database {config.db_path}", file=sys.stderr, flush=True)
+        print(f"chatapi: using database {shown_db(config.db_path)}", file=sys.stderr, flush=True)
     try:
         if args.command == "create-user":
             password = read_password()
@@ -220,8 +231,16 @@ def run(args: argparse.Namespace) -> None:
             asyncio.run(reset_password(config, args.email, password))
         elif args.command == "export":
             asyncio.run(export_chat(config, args.chat))
+        elif args.workers != 1:
+            if args.workers < 1 or not db.is_postgres(config.db_path):
+                raise ConfigError(
+                    "--workers above 1 needs a postgresql:// database (CHATAPI_DB/--db); "
+                    "SQLite serves from one process"
+                    if args.workers > 1 else "--workers must be at least 1"
+                )
+            asyncio.run(run_workers(args.workers, config.host, config.port, config.db_path))
         else:
-            asyncio.run(serve(config))
+            asyncio.run(serve(config, reuse_port=args.reuse_port))
     except sqlite3.Error as exc:
         raise CommandError(f"database {config.db_path}: {exc}") from None
 
@@ -239,7 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"chatapi: bad setting: {exc}")
     except CommandError as exc:
         sys.exit(f"chatapi: {exc}")
-    except OSError as exc:
+    except db.Unavailable as exc:
+        sys.exit(f"chatapi: cannot start: CHATAPI_DB/--db: {exc}")
+    except (OSError, WorkerError) as exc:
         sys.exit(f"chatapi: cannot start: {exc}")
     except EOFError:
         leave_prompt("no password given", 1)

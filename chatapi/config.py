@@ -50,6 +50,8 @@ class Config:
     def __post_init__(self) -> None:
         for field, value in dataclasses.asdict(self).items():
             check_value(field, value, label=field)
+        if self.db_path.startswith(("postgresql:", "postgres:")):
+            check_postgres_url(self.db_path)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (validated again)."""
@@ -76,7 +78,7 @@ _BOOLEAN = ("true or false (also yes/no, on/off, 1/0)", lambda value: isinstance
 # field -> (what it must be, in plain words; the check)
 REQUIREMENTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "port": ("a whole number from 0 to 65535", _whole(0, 65535)),
-    "db_path": ("a file path or :memory:", lambda value: isinstance(value, str) and value != ""),
+    "db_path": ("a file path, :memory: or a postgresql:// URL", lambda value: isinstance(value, str) and value != ""),
     "token_ttl": (
         "a positive duration: seconds, or a whole number with s, m, h or d (like 12h)",
         _whole(1),
@@ -122,6 +124,28 @@ def check_value(field: str, value: Any, label: str, raw: str | None = None) -> N
     if requirement is not None and not requirement[1](value):
         shown = raw if raw is not None else value
         raise ConfigError(f"{label} must be {requirement[0]}, got {shown!r}")
+
+
+def check_postgres_url(url: str) -> None:
+    """ConfigError (never echoing the password) unless `url` is a usable PostgreSQL URL."""
+    setting = "CHATAPI_DB/--db"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError as exc:
+        raise ConfigError(f"{setting} is not a valid PostgreSQL URL: {exc}") from None
+    if parts.scheme not in ("postgresql", "postgres") or not url.startswith(parts.scheme + "://"):
+        raise ConfigError(f"{setting} must look like postgresql://user:password@host:port/dbname")
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{setting} names no database: postgresql://user:password@host:port/dbname")
+
+
+def shown_db(location: str) -> str:
+    """The database setting as it may be logged: a URL's password replaced by ***."""
+    parts = urlsplit(location) if "://" in location else None
+    if parts is None or not parts.password:
+        return location
+    return location.replace(f":{parts.password}@", ":***@", 1)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,8 +1,8 @@
-"""Live fan-out: open sockets, their subscriptions, and presence.
+"""Live fan-out: this process's open sockets, their subscriptions, and presence.
 
-`Hub.publish` and `Hub.announce_chat` are the seams for running several
-processes later: there they would go through the database's notifications; each
-process would still deliver to its own sockets exactly as they do here.
+Messages reach `Hub.publish`, and event frames (`chat_created`) `Hub.broadcast`,
+through the bus (chatapi/bus.py), which decides whether they come straight from
+this process or from the database.
 """
 
 from __future__ import annotations
@@ -288,11 +288,19 @@ class Hub:
     def online_count(self) -> int:
         return len(self._by_user)
 
+    def socket_counts(self) -> dict[int, int]:
+        """User id -> sockets open on this process, for users with any."""
+        return {user_id: len(sockets) for user_id, sockets in self._by_user.items()}
+
     def _note_presence(self, conn: Connection, online: bool) -> None:
+        self.note_presence(conn.user_id, conn.username, online)
+
+    def note_presence(self, user_id: int, username: str, online: bool) -> None:
+        """Queue a presence change for the next presence frame."""
         # The latest state wins: a user who flaps within one interval is listed once.
-        self._presence_changes[conn.user_id] = {
-            "user_id": conn.user_id,
-            "username": conn.username,
+        self._presence_changes[user_id] = {
+            "user_id": user_id,
+            "username": username,
             "is_online": online,
         }
 
@@ -307,8 +315,11 @@ class Hub:
             return
         users = list(self._presence_changes.values())
         self._presence_changes.clear()
-        frame = json.dumps({"type": "presence", "users": users}, ensure_ascii=False)
-        for conn in self.connections:
+        self.broadcast(json.dumps({"type": "presence", "users": users}, ensure_ascii=False))
+
+    def broadcast(self, frame: str) -> None:
+        """Send a frame to every socket of this process."""
+        for conn in list(self.connections):
             conn.send(frame)
 
     # Subscriptions and fan-out
@@ -320,6 +331,9 @@ class Hub:
             conn.subscriptions[chat_id] = []
         elif chat_id not in conn.subscriptions:
             conn.subscriptions[chat_id] = None
+
+    def has_subscribers(self, chat_id: int) -> bool:
+        return chat_id in self._subscribers
 
     def unsubscribe(self, chat_id: int, conn: Connection) -> None:
         conn.subscriptions.pop(chat_id, None)
@@ -333,16 +347,6 @@ class Hub:
     def publish(self, message: dict[str, Any]) -> None:
         """Fan a committed message out to the subscribers of its chat."""
         self._fan_out(message["chat_id"], message["id"], message_frame(message))
-
-    def announce_chat(self, chat: dict[str, Any]) -> None:
-        """Tell every open socket that a chat was created (after its commit)."""
-        fields = ("id", "name", "owner_id", "created_at")
-        frame = json.dumps(
-            {"type": "chat_created", "chat": {field: chat[field] for field in fields}},
-            ensure_ascii=False,
-        )
-        for conn in list(self.connections):
-            conn.send(frame)
 
     def _fan_out(self, chat_id: int, message_id: int, frame: str) -> None:
         subscribers = self._subscribers.get(chat_id, ())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .bus import Bus
 from .config import Config
 from .db import Database
 from .hub import Hub
@@ -15,6 +16,7 @@ CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
 SECRET = web.AppKey("secret", bytes)
 HUB = web.AppKey("hub", Hub)
+BUS = web.AppKey("bus", Bus)
 WRITER = web.AppKey("writer", MessageWriter)
 # Absent when metrics are turned off.
 METRICS = web.AppKey("metrics", Metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs
@@ -46,6 +47,22 @@ class Metrics:
             "Websockets closed because their outgoing frames piled up.",
             registry=self.registry,
         )
+        self.bus_reconnects = Counter(
+            "chatapi_bus_listener_reconnects",
+            "Times the PostgreSQL listener connection was lost and made again.",
+            registry=self.registry,
+        )
+        self.bus_delivery_lag = Histogram(
+            "chatapi_bus_delivery_lag_seconds",
+            "From a doorbell (a commit on any process) to delivery to this process's sockets.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.pool_in_use = Gauge(
+            "chatapi_db_pool_connections_in_use",
+            "Database connections of the pool in use (PostgreSQL; 0 on SQLite).",
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "chatapi_http_request_duration_seconds",
             "Time to answer an HTTP request, by route template, method and status.",
@@ -53,10 +70,12 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, hub: Hub) -> None:
-        """Read the socket and user gauges from `hub` when scraped (nothing to keep in step)."""
+    def watch(self, hub: Hub, pool_in_use: Callable[[], int] | None = None) -> None:
+        """Read the gauges from `hub` (and the pool) when scraped (nothing to keep in step)."""
         self.connected_sockets.set_function(lambda: len(hub.connections))
         self.online_users.set_function(hub.online_count)
+        if pool_in_use is not None:
+            self.pool_in_use.set_function(pool_in_use)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         # Labels are bounded: a route template (never the raw path, which may

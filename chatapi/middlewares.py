@@ -42,6 +42,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.body(), exc.headers)
     except db.NotFound as exc:
         return error_response(404, {"error": str(exc) or "not found"})
+    except db.Unavailable:
+        log.warning("%s %s: the database is unavailable", request.method, request.path)
+        return error_response(
+            503, {"error": "the database is unavailable: try again shortly"}, {"Retry-After": "1"}
+        )
     except db.Conflict as exc:
         message = f"{exc.field} already taken"
         return error_response(409, {"error": message, "details": {exc.field: "already taken"}})

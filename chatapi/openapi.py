@@ -66,16 +66,19 @@ def character_classes() -> tuple[str, str]:
     return char_class(white), char_class(control)
 
 
-def trimmed(max_len: int) -> str:
-    """A pattern for a string of 1..max_len characters once white space is stripped."""
+def trimmed(max_len: int, stored: bool = False) -> str:
+    """A pattern for a string of 1..max_len characters once white space is stripped
+    (`stored`: without U+0000, which no stored string may hold)."""
     w, _ = character_classes()
-    return rf"^[{w}]*[^{w}](?:[\s\S]{{0,{max_len - 2}}}[^{w}])?[{w}]*$"
+    n = r"\x00" if stored else ""
+    anything = rf"[^{n}]" if stored else r"[\s\S]"
+    return rf"^[{w}]*[^{w}{n}](?:{anything}{{0,{max_len - 2}}}[^{w}{n}])?[{w}]*$"
 
 
 def email_pattern() -> str:
     """EMAIL of chatapi.users, at most 254 characters, once white space is stripped."""
     w, _ = character_classes()
-    return rf"^[{w}]*(?=[^{w}]{{1,254}}[{w}]*$)[^@{w}]+@[^@{w}]+\.[^@{w}]+[{w}]*$"
+    return rf"^[{w}]*(?=[^{w}]{{1,254}}[{w}]*$)[^@{w}\x00]+@[^@{w}\x00]+\.[^@{w}\x00]+[{w}]*$"
 
 
 def username_pattern() -> str:
@@ -167,7 +170,7 @@ def schemas(config: Config) -> dict[str, Schema]:
                 "name": {
                     "type": "string",
                     "description": "1 to 255 characters once trimmed.",
-                    "pattern": trimmed(255),
+                    "pattern": trimmed(255, stored=True),
                 }
             },
             "required": ["name"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,8 +14,8 @@ from aiohttp import WSMsgType, web
 from . import db
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
-from .keys import CONFIG, DB, HUB, METRICS, WRITER
-from .validation import ApiError, is_int, is_utf8
+from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
+from .validation import NUL, ApiError, is_int, is_utf8
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,8 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     user = await authenticate(request.app, request.query.get("token") or bearer_token(request))
     config = request.app[CONFIG]
     hub = request.app[HUB]
-    if hub.sockets_of(user["id"]) >= config.max_sockets_per_user:
+    open_sockets = hub.sockets_of(user["id"]) + await request.app[BUS].sockets_elsewhere(user["id"])
+    if open_sockets >= config.max_sockets_per_user:
         raise ApiError(429, "too many open websockets for this user", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
         # aiohttp refuses a frame of max_msg_size bytes; the contract, only larger ones.
@@ -106,6 +106,8 @@ async def handle_frame_safely(app: web.Application, conn: Connection, data: str)
     """handle_frame, with a bug answered by an error frame instead of ending the socket."""
     try:
         await handle_frame(app, conn, data)
+    except db.Unavailable:
+        conn.send(error_frame("the database is unavailable: try again shortly"))
     except Exception:
         log.exception("unhandled error on a frame of user %d", conn.user_id)
         conn.send(error_frame("internal error"))
@@ -125,8 +127,8 @@ async def record_presence(app: web.Application, user_id: int, online: bool) -> N
     task.add_done_callback(_presence_writes.discard)
     try:
         await asyncio.shield(task)
-    except (sqlite3.Error, ValueError):
-        # The database may already be closing (shutdown marks everybody offline).
+    except Exception:  # noqa: BLE001 (any backend's error: presence must not end the handler)
+        # The database may already be closing (shutdown marks everybody offline), or away.
         log.warning("could not record user %d as %s", user_id, "online" if online else "offline")
 
 
@@ -179,15 +181,22 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
         raise FrameError(f"text must be at most {max_text} characters")
     if not is_utf8(text):
         raise FrameError("text must be valid Unicode (no lone surrogates)")
+    if NUL in text:
+        raise FrameError("text must not contain the character U+0000")
     nonce = frame.get("nonce")
     if nonce is not None and not (
         isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
+        and NUL not in nonce
     ):
-        raise FrameError(f"nonce must be a string of 1 to {MAX_NONCE} characters")
+        raise FrameError(
+            f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
+        )
 
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     was_subscribed = chat_id in conn.subscriptions
     app[HUB].subscribe(chat_id, conn)
+    if not was_subscribed:
+        await app[BUS].follow(chat_id)
     draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
     stored = await app[WRITER].post(draft)
     if stored.error:
@@ -217,6 +226,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         since = newest
     if since is None:
         hub.subscribe(chat_id, conn)
+        await app[BUS].follow(chat_id)
     else:
         # Subscribe (buffering) before reading: every message committed after the
         # read's snapshot is published after this point, so it lands in the
@@ -224,6 +234,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         # published after the subscribe, possibly even after go_live) is
         # dropped by its id: go_live sets a floor of the last id replayed.
         hub.subscribe(chat_id, conn, catch_up=True)
+        await app[BUS].follow(chat_id)
         last_sent = since
         async for message in db.chat_messages(app[DB], chat_id, after=since):
             await conn.send_paced(message_frame(message))

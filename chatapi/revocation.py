@@ -39,5 +39,5 @@ async def watch_revocations(database: db.Database, hub: Hub, interval: float = I
         await asyncio.sleep(interval)
         try:
             await close_revoked_sockets(database, hub)
-        except (sqlite3.Error, ValueError):
+        except (sqlite3.Error, ValueError, db.Unavailable):
             log.warning("could not check for revoked tokens; trying again")

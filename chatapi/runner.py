@@ -217,10 +217,14 @@ class CappedSite(web.TCPSite):
     pauses for a second, with one log line.
     """
 
-    __slots__ = ("_cap", "_last_warning", "_listener", "_open", "_refused", "_serving")
+    __slots__ = (
+        "_cap", "_last_warning", "_listener", "_open", "_refused", "_reuse_port", "_serving"
+    )
 
-    def __init__(self, runner: web.AppRunner, config: Config) -> None:
+    def __init__(self, runner: web.AppRunner, config: Config, reuse_port: bool = False) -> None:
         super().__init__(runner, config.host, config.port, backlog=BACKLOG)
+        # SO_REUSEPORT: several processes (--workers) accept on one port.
+        self._reuse_port = reuse_port
         self._cap = connection_cap(config)
         self._open = 0
         self._refused = 0  # connections refused since the last warning
@@ -243,7 +247,9 @@ class CappedSite(web.TCPSite):
         family, _, _, _, address = (await loop.getaddrinfo(
             self._host or None, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         ))[0]
-        listener = socket.create_server(address, family=family, backlog=self._backlog)
+        listener = socket.create_server(
+            address, family=family, backlog=self._backlog, reuse_port=self._reuse_port
+        )
         listener.setblocking(False)
         self._listener = listener
         # An asyncio.Server that never serves: it holds the socket for aiohttp

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class SlidingWindow:
@@ -85,15 +85,23 @@ class Reservation:
     address_stamp: float
 
 
+@dataclass(frozen=True)
+class SharedReservation:
+    """One login attempt counted in the shared database: the ids of its rows."""
+
+    ids: tuple[int, ...]
+
+
 class Throttle(Protocol):
     """What the login handler needs; an implementation shared by several processes
-    (in the database) can stand in for the in-memory one."""
+    (in the database) stands in for the in-memory one."""
 
-    def reserve(self, account: str, address: str) -> Reservation | int:
-        """Count an attempt, or return the seconds to wait (over the limit: nothing counted)."""
+    async def reserve(self, account: str, address: str) -> Any:
+        """Count an attempt (a reservation), or return the seconds to wait as an int
+        (over the limit: nothing counted)."""
         ...
 
-    def settle(self, reservation: Reservation, ok: bool) -> None:
+    async def settle(self, reservation: Any, ok: bool) -> None:
         """A failed attempt stays counted; a successful one gives back its own place only."""
         ...
 
@@ -105,7 +113,7 @@ class LoginThrottle:
         self.accounts = SlidingWindow(per_account, window)
         self.addresses = SlidingWindow(per_address, window)
 
-    def reserve(self, account: str, address: str) -> Reservation | int:
+    async def reserve(self, account: str, address: str) -> Reservation | int:
         """Count an attempt, or return the seconds to wait (over the limit: nothing counted)."""
         # Check and count with no await between: concurrent attempts cannot all
         # pass the check before any of them is counted.
@@ -114,8 +122,40 @@ class LoginThrottle:
             return retry_after
         return Reservation(account, address, self.accounts.hit(account), self.addresses.hit(address))
 
-    def settle(self, reservation: Reservation, ok: bool) -> None:
+    async def settle(self, reservation: Reservation, ok: bool) -> None:
         """A failed attempt stays counted; a successful one gives back its own place only."""
         if ok:
             self.accounts.forget(reservation.account, reservation.account_stamp)
             self.addresses.forget(reservation.address, reservation.address_stamp)
+
+
+class SharedLoginThrottle:
+    """The same counting kept in a shared database, so that N processes do not allow
+    N times the guesses (`store` is a PostgresDatabase: its login attempt methods).
+
+    The check and the count are one transaction in the database, so guesses sent
+    at once to several processes meet the same limit as guesses sent in turn.
+    """
+
+    def __init__(self, store: Any, per_account: int, per_address: int, window: float) -> None:
+        self.store = store
+        self.per_account = per_account
+        self.per_address = per_address
+        self.window = window
+        self._attempts = 0
+
+    async def reserve(self, account: str, address: str) -> SharedReservation | int:
+        """Count an attempt in the database, or return the seconds to wait."""
+        limits = {"account:" + account: self.per_account, "address:" + address: self.per_address}
+        waits, ids = await self.store.reserve_login_attempt(limits, self.window)
+        if waits:
+            return max(max(1, math.ceil(wait)) for wait in waits)
+        self._attempts += 1
+        if self._attempts % 1000 == 0:  # keys never tried again are forgotten too
+            await self.store.prune_login_failures(self.window)
+        return SharedReservation(tuple(ids))
+
+    async def settle(self, reservation: SharedReservation, ok: bool) -> None:
+        """A failed attempt stays counted; a successful one gives back its own rows only."""
+        if ok:
+            await self.store.release_login_attempt(reservation.ids)

@@ -17,8 +17,8 @@ from . import db, security
 from .auth import USER, public
 from .hub import REVOKED
 from .keys import CONFIG, DB, HUB, SECRET, THROTTLE
-from .throttle import Reservation
 from .validation import (
+    NUL,
     ApiError,
     has_control_characters,
     invalid,
@@ -79,7 +79,7 @@ def auth_json(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
 
 def email_field(body: dict[str, Any]) -> str:
     email = string_field(body, "email", max_len=254, strip=True)
-    if not EMAIL.fullmatch(email):
+    if not EMAIL.fullmatch(email) or NUL in email:
         raise invalid("email", "must be a valid email address")
     return email.lower()
 
@@ -113,8 +113,8 @@ async def login(request: web.Request) -> web.Response:
     password = string_field(body, "password", max_len=128)
     # Counted before bcrypt runs: a flood of guesses costs no hashing, and guesses
     # sent at once meet the limit as if they came one after the other.
-    reservation = request.app[THROTTLE].reserve(email, request.remote or "unknown")
-    if not isinstance(reservation, Reservation):
+    reservation = await request.app[THROTTLE].reserve(email, request.remote or "unknown")
+    if isinstance(reservation, int):
         raise ApiError(
             429, "too many failed logins: try again later", headers={"Retry-After": str(reservation)}
         )
@@ -128,7 +128,7 @@ async def login(request: web.Request) -> web.Response:
         matches = await in_executor(security.check_password, password, password_hash)
         ok = user is not None and matches
     finally:
-        request.app[THROTTLE].settle(reservation, ok)
+        await request.app[THROTTLE].settle(reservation, ok)
     if not ok:
         raise ApiError(401, "wrong email or password")
     return web.json_response(auth_json(request, user))

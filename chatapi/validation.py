@@ -58,6 +58,11 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+# U+0000: refused in everything stored (PostgreSQL's text cannot hold it; SQLite
+# would, but both backends keep the same contract).
+NUL = "\x00"
+
+
 def has_control_characters(text: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 

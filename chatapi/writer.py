@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import db
-from .hub import Hub
+from .bus import Bus
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -19,20 +19,21 @@ class MessageWriter:
     """Stores messages in batches (one transaction, one fsync each) and publishes
     each batch after its commit, in id order.
 
-    Being the only task that inserts messages is what makes "every subscriber
-    sees a chat's messages in increasing id order" hold: ids are assigned, then
-    committed, then published in one sequence.
+    Within one process, being the only task that inserts messages is what makes
+    "every subscriber sees a chat's messages in increasing id order" hold: ids
+    are assigned, then committed, then published in one sequence. Across
+    processes the database orders each chat's ids and the bus delivers them.
     """
 
     def __init__(
         self,
         database: db.Database,
-        hub: Hub,
+        bus: Bus,
         max_batch: int = 256,
         metrics: Metrics | None = None,
     ) -> None:
         self._db = database
-        self._hub = hub
+        self._bus = bus
         self._max_batch = max_batch
         self._metrics = metrics
         self._pending: asyncio.Queue[tuple[db.Draft, asyncio.Future[db.Stored]]] = asyncio.Queue()
@@ -50,18 +51,17 @@ class MessageWriter:
                 batch.append(self._pending.get_nowait())
             try:
                 results = await db.insert_messages(self._db, [draft for draft, _ in batch])
-            except Exception as exc:
+            except Exception:
                 log.exception("storing %d messages failed", len(batch))
+                failed = db.Stored(None, error="message not stored: the database failed; send it again")
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_result(failed)
                 continue
-            stored_count = 0
+            new = [stored.message for stored in results if stored.is_new]
+            self._bus.published(new)
             for (_, future), stored in zip(batch, results):
-                if stored.is_new:
-                    self._hub.publish(stored.message)
-                    stored_count += 1
                 if not future.done():
                     future.set_result(stored)
-            if stored_count and self._metrics is not None:
-                self._metrics.messages_stored.inc(stored_count)
+            if new and self._metrics is not None:
+                self._metrics.messages_stored.inc(len(new))

@@ -1,4 +1,12 @@
-"""Fixtures: a real server on a real socket, over a SQLite file in tmp_path."""
+"""Fixtures: a real server on a real socket, over a SQLite file in tmp_path, and again
+over a fresh schema of a PostgreSQL database.
+
+Every test that uses `config` (and so `app` and `client`) runs once per backend,
+unless marked `sqlite_only` (it checks something only SQLite has, e.g. a pragma).
+PostgreSQL is found at CHATAPI_TEST_POSTGRES_URL (default: the local cluster with
+the role and database .ci/run creates); where it cannot be reached, the PostgreSQL
+half is skipped with one line saying why, unless CHATAPI_TEST_POSTGRES=required.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,17 @@ import itertools
 import json
 import logging
 import os
+import re
+import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -21,6 +34,162 @@ from chatapi import Config, create_app
 from chatapi.middlewares import RedactingAccessLogger
 
 _counter = itertools.count(1)
+T = TypeVar("T")
+
+POSTGRES_URL = os.environ.get(
+    "CHATAPI_TEST_POSTGRES_URL", "postgresql://chatapi:chatapi@127.0.0.1:5432/chatapi_test"
+)
+POSTGRES_REQUIRED = os.environ.get("CHATAPI_TEST_POSTGRES") == "required"
+_postgres_problem: list[str] = []  # why PostgreSQL cannot be used, once probed
+
+
+def postgres_problem() -> str | None:
+    """None when the test PostgreSQL answers; else why not (probed once per session)."""
+    if not _postgres_problem:
+        async def probe() -> str:
+            try:
+                conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            await conn.close()
+            return ""
+
+        _postgres_problem.append(in_thread(probe()))
+    return _postgres_problem[0] or None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sqlite_only: checks what only the SQLite backend has; runs on SQLite alone"
+    )
+    config.addinivalue_line(
+        "markers", "postgres_only: checks what only the PostgreSQL backend has"
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        backends = ["sqlite", "postgres"]
+        if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+            backends.remove("postgres")
+        if metafunc.definition.get_closest_marker("postgres_only") is not None:
+            backends.remove("sqlite")
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _postgres_problem and _postgres_problem[0]:
+        terminalreporter.write_line(
+            f"PostgreSQL half skipped: {POSTGRES_URL.split('@')[-1]} cannot be reached "
+            f"({_postgres_problem[0]}); set CHATAPI_TEST_POSTGRES_URL to run it",
+            yellow=True,
+        )
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+def require_backend(backend: str) -> str:
+    """`backend`, unless it is PostgreSQL and cannot be reached: then skip (or fail, when
+    CHATAPI_TEST_POSTGRES=required)."""
+    if backend == "postgres":
+        problem = postgres_problem()
+        if problem and POSTGRES_REQUIRED:
+            pytest.fail(f"CHATAPI_TEST_POSTGRES=required but PostgreSQL cannot be reached: {problem}")
+        if problem:
+            pytest.skip(f"PostgreSQL cannot be reached: {problem}")
+    return backend
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """'sqlite' or 'postgres': the backend this run of the test uses."""
+    return require_backend(request.param)
+
+
+def _schema() -> tuple[str, str, str]:
+    """(schema, URL of it, statement creating it): a fresh schema of the test database."""
+    schema = f"t{os.getpid()}_{next(_counter)}"
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}search_path={quote(schema)}"
+    return schema, url, f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+
+
+def in_thread(coro: Awaitable[T]) -> T:
+    """Run a coroutine to its end on a loop of its own, in a thread of its own: callable
+    from sync fixtures, whatever loop the test itself runs in."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@contextlib.contextmanager
+def database_for(backend: str, directory: Path) -> Iterator[str]:
+    """A database setting: a SQLite file in `directory`, or a fresh, empty PostgreSQL
+    schema, dropped after."""
+    if require_backend(backend) == "sqlite":
+        yield str(directory / "chat.db")
+        return
+    schema, url, create = _schema()
+    in_thread(run_sql(POSTGRES_URL, create))
+    try:
+        yield url
+    finally:
+        # A new connection: a test may have restarted PostgreSQL meanwhile.
+        in_thread(run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+
+
+@pytest.fixture
+def postgres_url(tmp_path) -> Iterator[str]:
+    """The URL of a fresh, empty schema in the test PostgreSQL database (dropped after)."""
+    with database_for("postgres", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def database(backend, tmp_path) -> Iterator[str]:
+    """The database setting of this test: a SQLite file, or a PostgreSQL URL."""
+    with database_for(backend, tmp_path) as location:
+        yield location
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_blocks(heading: str, language: str) -> list[str]:
+    """Every ```language block under a README heading, in order."""
+    text = README.read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"^```{language}\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert blocks, f"no {language} block under {heading}"
+    return blocks
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block under a README heading."""
+    return readme_blocks(heading, language)[0]
+
+
+async def run_sql(location: str, statement: str, *params: Any, many: list | None = None) -> list:
+    """Run one statement (`?` placeholders) on either backend; its rows as tuples."""
+    if location.startswith("postgresql://"):
+        for n in range(statement.count("?")):
+            statement = statement.replace("?", f"${n + 1}", 1)
+        conn = await asyncpg.connect(location)
+        try:
+            if many is not None:
+                await conn.executemany(statement, many)
+                return []
+            if ";" in statement.rstrip("; \n"):  # several statements in one string
+                await conn.execute(statement)
+                return []
+            return [tuple(row) for row in await conn.fetch(statement, *params)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(location) as conn:
+        if many is not None:
+            conn.executemany(statement, many)
+            return []
+        return conn.execute(statement, params).fetchall()
 
 
 @pytest.fixture
@@ -51,11 +220,11 @@ def no_credentials_in_logs(caplog):
 
 
 @pytest.fixture
-def config(tmp_path) -> Config:
+def config(database) -> Config:
     # Low bcrypt cost keeps the suite fast; the default (12) has its own test.
     # Presence frames are off unless a test asks (they would interleave).
     return Config(
-        db_path=str(tmp_path / "chat.db"),
+        db_path=database,
         bcrypt_rounds=4,
         heartbeat=5.0,
         presence_interval=3600.0,

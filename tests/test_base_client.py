@@ -17,10 +17,10 @@ from websockets.sync.client import connect as ws_connect
 
 
 @pytest.fixture
-def server(tmp_path) -> Iterator[str]:
+def server(tmp_path, database) -> Iterator[str]:
     """`python -m chatapi --port 0` as a subprocess; yields its URL from the first stdout line."""
     with subprocess.Popen(
-        [sys.executable, "-m", "chatapi", "--port", "0", "--db", str(tmp_path / "base.db")],
+        [sys.executable, "-m", "chatapi", "--port", "0", "--db", database],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -77,8 +77,8 @@ class Servers:
 
 
 @pytest.fixture
-def servers(tmp_path) -> Iterator[Servers]:
-    servers = Servers(str(tmp_path / "web.db"))
+def servers(database) -> Iterator[Servers]:
+    servers = Servers(database)
     yield servers
     servers.current.stop()
 
@@ -285,9 +285,9 @@ def test_after_a_server_restart_the_page_catches_up_exactly_once(browser, server
     assert alice.js_errors == []
 
 
-def test_older_messages_load_on_scrolling_up_on_a_phone(browser, tmp_path):
+def test_older_messages_load_on_scrolling_up_on_a_phone(browser, database):
     with ChatServer(
-        db_path=str(tmp_path / "web.db"), bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000
+        db_path=database, bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000
     ) as server:
         bob = register_api(server.url, "bob")
         chat = api(server.url, "POST", "/chats/create", {"name": "busy"}, token=bob["token"])

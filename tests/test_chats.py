@@ -7,7 +7,7 @@ import re
 import sqlite3
 
 import pytest
-from conftest import assert_error, connect, create_chat, next_frame
+from conftest import assert_error, connect, create_chat, next_frame, run_sql
 
 from chatapi import chats as chats_module
 
@@ -96,11 +96,11 @@ async def test_long_history_does_not_pin_the_read_snapshot(client, register, con
     """A history read spans many pages; writes made meanwhile are visible to other requests."""
     alice = await register(client, "alice")
     chat = await create_chat(client, alice)
-    with sqlite3.connect(config.db_path) as conn:
-        conn.executemany(
-            "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, ?)",
-            [(chat, alice["id"], f"m{n}") for n in range(3000)],
-        )
+    await run_sql(
+        config.db_path,
+        "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, ?)",
+        many=[(chat, alice["id"], f"m{n}") for n in range(3000)],
+    )
     resp = await client.get(f"/chats/messages?id={chat}", headers=alice.headers)
     head = await resp.content.readexactly(10)  # the stream has started and is left unread
     bob = await register(client, "bob")  # a write while the history stream is open
@@ -162,6 +162,7 @@ async def test_a_bug_is_a_bare_500_and_a_logged_traceback(client, register, monk
     assert "secret detail" in caplog.text and "Traceback" in caplog.text
 
 
+@pytest.mark.sqlite_only
 async def test_schema_is_versioned(client, config):
     with sqlite3.connect(config.db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (1,)

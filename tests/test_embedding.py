@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -10,9 +11,11 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from conftest import POSTGRES_URL, readme_block, readme_blocks
 
 from chatapi.client import ChatAPIError
 from chatapi.testing import ChatServer, SeedError
@@ -21,20 +24,6 @@ pytest_plugins = ["pytester"]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = Path(sys.executable).parent
-
-
-def readme_blocks(heading: str, language: str) -> list[str]:
-    """Every ```language block under a README heading, in order."""
-    text = README.read_text()
-    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(rf"^```{language}\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
-    assert blocks, f"no {language} block under {heading}"
-    return blocks
-
-
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block under a README heading."""
-    return readme_blocks(heading, language)[0]
 
 
 def http(url: str, method: str = "GET", body=None, token: str | None = None):
@@ -252,8 +241,8 @@ def test_admin_commands_from_the_readme_while_the_server_runs(tmp_path):
     assert exported == []  # the chat has no messages yet; see the export test below
 
 
-def test_create_user_rejects_bad_input_with_one_line(tmp_path):
-    db = str(tmp_path / "c.db")
+def test_create_user_rejects_bad_input_with_one_line(database):
+    db = database
     with ChatServer(db_path=db, bcrypt_rounds=4):
         pass  # admin commands work on the database a server created
     done = run_cli("--db", db, "create-user", "--email", "a@example.com", "--username", "al",
@@ -267,8 +256,8 @@ def test_create_user_rejects_bad_input_with_one_line(tmp_path):
     assert again.returncode != 0 and "email already taken" in again.stderr
 
 
-def test_reset_password_revokes_tokens_and_refuses_unknown_email(tmp_path):
-    with ChatServer(db_path=str(tmp_path / "r.db"), bcrypt_rounds=4) as server:
+def test_reset_password_revokes_tokens_and_refuses_unknown_email(database):
+    with ChatServer(db_path=database, bcrypt_rounds=4) as server:
         _, user = http(server.url + "/auth/reg", "POST",
                        {"email": "r@example.com", "username": "resetme", "password": "password1"})
         done = run_cli("--db", server.config.db_path, "reset-password", "--email", "R@example.com",
@@ -277,13 +266,13 @@ def test_reset_password_revokes_tokens_and_refuses_unknown_email(tmp_path):
         assert http(server.url + "/users/me", token=user["token"])[0] == 401
         login = {"email": "r@example.com", "password": "brand-new-pass"}
         assert http(server.url + "/auth/login", "POST", login)[0] == 200
-    missing = run_cli("--db", str(tmp_path / "r.db"), "reset-password", "--email", "x@example.com",
+    missing = run_cli("--db", database, "reset-password", "--email", "x@example.com",
                       stdin="brand-new-pass\n")
     assert missing.returncode != 0 and "no user" in missing.stderr
 
 
-async def test_export_writes_json_lines_in_order(tmp_path):
-    async with ChatServer(db_path=str(tmp_path / "e.db"), bcrypt_rounds=4) as server:
+async def test_export_writes_json_lines_in_order(database):
+    async with ChatServer(db_path=database, bcrypt_rounds=4) as server:
         async with aiohttp.ClientSession() as session:
             body = {"email": "e@example.com", "username": "exporter", "password": "password1"}
             async with session.post(server.url + "/auth/reg", json=body) as resp:
@@ -304,7 +293,7 @@ async def test_export_writes_json_lines_in_order(tmp_path):
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines == history
     assert [m["text"] for m in lines] == ["first", "second", "third ü"]
-    missing = run_cli("--db", str(tmp_path / "e.db"), "export", "--chat", "99")
+    missing = run_cli("--db", database, "export", "--chat", "99")
     assert missing.returncode != 0 and "does not exist" in missing.stderr
 
 
@@ -315,3 +304,50 @@ def test_the_plugin_imports_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.postgres_only
+async def test_reset_password_on_postgresql_closes_the_users_open_sockets(database):
+    """The command's notification reaches the running server: its sockets close with 4001."""
+    async with (
+        ChatServer(db_path=database, bcrypt_rounds=4) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        body = {"email": "s@example.com", "username": "socketed", "password": "password1"}
+        async with session.post(server.url + "/auth/reg", json=body) as resp:
+            token = (await resp.json())["token"]
+        async with session.ws_connect(server.ws_url, params={"token": token}) as ws:
+            done = await asyncio.to_thread(
+                run_cli, "--db", database, "reset-password", "--email", "s@example.com",
+                stdin="brand-new-pass\n",
+            )
+            assert done.returncode == 0, done.stderr
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("postgresql://chatapi:s3cret-pw@127.0.0.1:1/chatapi", "cannot connect to PostgreSQL"),
+        ("postgresql://chatapi:s3cret-pw@127.0.0.1:notaport/chatapi", "not a valid PostgreSQL URL"),
+        ("postgresql://chatapi:s3cret-pw@127.0.0.1:5432", "names no database"),
+    ],
+)
+def test_a_bad_postgresql_setting_stops_the_start_with_one_line(url, says):
+    done = run_cli("--port", "0", "--db", url)
+    assert done.returncode != 0
+    line = done.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert says in line and "CHATAPI_DB/--db" in line
+    assert "s3cret-pw" not in line
+
+
+@pytest.mark.postgres_only
+def test_a_refused_postgresql_login_stops_the_start_with_one_line(backend):
+    parts = urlsplit(POSTGRES_URL)
+    wrong = POSTGRES_URL.replace(f":{parts.password}@", ":not-the-password@", 1)
+    done = run_cli("--port", "0", "--db", wrong)
+    line = done.stderr.strip()
+    assert done.returncode != 0 and "\n" not in line and "Traceback" not in line
+    assert "password authentication failed" in line and "not-the-password" not in line

@@ -1,7 +1,9 @@
 """Faults: kill -9, a peer that stops answering, SIGTERM under load, a reconnect storm.
 
 Real server processes (`python -m chatapi`) or a ChatServer thread, real sockets on
-127.0.0.1 and real SQLite files under tmp_path. Every wait is bounded. A test that uses
+127.0.0.1, real SQLite files under tmp_path and (but for the kill -9 cycles, whose
+"nobody online right after a restart" is SQLite's: on PostgreSQL a killed process's
+users stay online until its lease lapses, see test_scaleout.py) a fresh PostgreSQL schema. Every wait is bounded. A test that uses
 randomness prints its seed; set CHATAPI_FAULT_SEED to replay a run.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import run_sql
 
 from chatapi.testing import ChatServer
 
@@ -50,10 +53,12 @@ def fault_seed() -> int:
 
 
 class ServerProcess:
-    """`python -m chatapi --port 0 --db FILE`; `url` comes from the first line on stdout."""
+    """`python -m chatapi --port 0 --db FILE_OR_URL`; `url` comes from the first line on stdout."""
 
-    def __init__(self, db_path: Path, **env: str) -> None:
+    def __init__(self, db_path: Path | str, *args: str, cwd: Path | None = None, **env: str) -> None:
         self.db_path = db_path
+        self.args = args
+        self.cwd = cwd or Path(db_path).parent
         self.env = {**SERVER_ENV, **env}
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
@@ -75,11 +80,11 @@ class ServerProcess:
 
     async def start(self) -> ServerProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatapi", "--port", "0", "--db", str(self.db_path),
+            sys.executable, "-m", "chatapi", "--port", "0", "--db", str(self.db_path), *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
-            cwd=self.db_path.parent,
+            cwd=self.cwd,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._readers.append(asyncio.create_task(self._collect(self.proc.stderr)))
@@ -129,8 +134,10 @@ class ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def server_process(db_path: Path, **env: str) -> AsyncIterator[ServerProcess]:
-    server = await ServerProcess(db_path, **env).start()
+async def server_process(
+    db_path: Path | str, cwd: Path | None = None, **env: str
+) -> AsyncIterator[ServerProcess]:
+    server = await ServerProcess(db_path, cwd=cwd, **env).start()
     try:
         yield server
     finally:
@@ -364,9 +371,21 @@ class Peer:
         self._reader = self._sender = None
 
 
-def check_database(db_path: Path) -> tuple[dict[str, list[int]], list[str]]:
+async def check_database(location: Path | str) -> tuple[dict[str, list[int]], list[str]]:
     """After the server stopped: integrity, then (nonce -> ids stored, users still online)."""
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+    if str(location).startswith("postgresql://"):
+        rows = await run_sql(
+            str(location), "SELECT nonce, id FROM messages WHERE nonce IS NOT NULL ORDER BY id"
+        )
+        stored: dict[str, list[int]] = {}
+        for nonce, message_id in rows:
+            stored.setdefault(nonce, []).append(message_id)
+        online = await run_sql(
+            str(location),
+            "SELECT DISTINCT u.username FROM users u JOIN presence p ON p.user_id = u.id",
+        )
+        return stored, [name for (name,) in online]
+    with contextlib.closing(sqlite3.connect(location)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         stored: dict[str, list[int]] = {}
@@ -475,7 +494,7 @@ async def test_kill_9_never_loses_an_acknowledged_message(tmp_path):
     assert "Traceback" not in server.log, server.log
     # The harness really killed writers mid-stream, not idle servers.
     assert sum(1 for _, acked in stats if acked) >= KILL_CYCLES // 2, stats
-    stored, online = check_database(db_path)
+    stored, online = await check_database(db_path)
     assert online == []
     lost = not_stored_once(seen, stored)
     assert not lost, f"acknowledged, then not stored once: {lost} (seed {seed})"
@@ -543,10 +562,9 @@ HEARTBEAT = 0.5
 
 
 @pytest.mark.parametrize("traffic", ["idle", "messages flowing to it"])
-async def test_a_frozen_peer_goes_offline_within_two_heartbeats(tmp_path, traffic):
-    db_path = str(tmp_path / "peer.db")
+async def test_a_frozen_peer_goes_offline_within_two_heartbeats(database, traffic):
     async with (
-        ChatServer(heartbeat=HEARTBEAT, bcrypt_rounds=4, db_path=db_path,
+        ChatServer(heartbeat=HEARTBEAT, bcrypt_rounds=4, db_path=database,
                    access_log=False, presence_interval=0.2) as server,
         aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
     ):
@@ -609,13 +627,14 @@ GRACEFUL_WRITERS = 6
 GRACEFUL_USERS = 5
 
 
-async def test_sigterm_under_load_closes_with_1001_exits_0_and_keeps_every_ack(tmp_path):
-    db_path = tmp_path / "graceful.db"
+async def test_sigterm_under_load_closes_with_1001_exits_0_and_keeps_every_ack(
+    tmp_path, database
+):
     seen: dict[str, int] = {}
     problems: list[str] = []
     async with (
         aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
-        server_process(db_path) as server,
+        server_process(database, cwd=tmp_path) as server,
     ):
         users = [await register(http, server.url, f"user{n}") for n in range(GRACEFUL_USERS)]
         chat = await create_chat(http, server.url, users[0]["token"], "graceful")
@@ -656,7 +675,7 @@ async def test_sigterm_under_load_closes_with_1001_exits_0_and_keeps_every_ack(t
     assert codes == [], codes
     assert problems == []
     assert "Traceback" not in server.log, server.log
-    stored, online = check_database(db_path)
+    stored, online = await check_database(database)
     assert online == []
     lost = not_stored_once(seen, stored)
     assert not lost, f"acknowledged, then not stored once: {lost}"
@@ -681,16 +700,15 @@ def raise_file_limit(needed: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-async def test_reconnect_storm_every_client_gets_the_whole_sequence_once(tmp_path):
+async def test_reconnect_storm_every_client_gets_the_whole_sequence_once(tmp_path, database):
     # Our 500 sockets here and the server's 500 there (the server inherits the limit).
     raise_file_limit(2 * STORM_CLIENTS + 200)
-    db_path = tmp_path / "storm.db"
     seen: dict[str, int] = {}
     problems: list[str] = []
     connector = aiohttp.TCPConnector(limit=0)  # one session, no pool limit on sockets
     async with (
         aiohttp.ClientSession(timeout=HTTP_TIMEOUT, connector=connector) as http,
-        server_process(db_path) as server,
+        server_process(database, cwd=tmp_path) as server,
     ):
         writer_user = await register(http, server.url, "writer")
         users = [await register(http, server.url, f"reader{n}") for n in range(STORM_USERS)]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_embedding import README, readme_blocks
+from conftest import README, readme_blocks
 
 pytestmark = pytest.mark.slow
 

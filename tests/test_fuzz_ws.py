@@ -8,6 +8,7 @@ import logging
 import urllib.request
 
 import pytest
+from conftest import BACKENDS, database_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
@@ -60,10 +61,12 @@ frames = (
 )
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
     # No presence frames: each example expects the answer to its own frame.
-    with ChatServer(bcrypt_rounds=4, access_log=False, presence_interval=3600.0) as server:
+    with database_for(request.param, tmp_path_factory.mktemp("fuzz")) as database, ChatServer(
+        db_path=database, bcrypt_rounds=4, access_log=False, presence_interval=3600.0
+    ) as server:
         body = json.dumps({"email": "f@example.com", "username": "fuzzer", "password": "password1"})
         request = urllib.request.Request(server.url + "/auth/reg", data=body.encode(), method="POST")
         with urllib.request.urlopen(request) as resp:

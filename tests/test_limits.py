@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 
 import aiohttp
 import pytest
-from conftest import connect, create_chat, next_frame
+from conftest import connect, create_chat, next_frame, run_sql
 
 from chatapi import create_app
 from chatapi.testing import ChatServer
@@ -93,10 +92,9 @@ async def test_lone_surrogate_in_a_frame_is_an_error_frame(client, register):
     assert (await next_frame(ws, "message"))["text"] == "fine"
 
 
-async def test_a_client_vanishing_during_a_long_catch_up_is_cleaned_up(tmp_path):
+async def test_a_client_vanishing_during_a_long_catch_up_is_cleaned_up(database):
     # The production runner: aiohttp's test server would cancel the handler for us.
-    db_path = str(tmp_path / "vanish.db")
-    server = ChatServer(db_path=db_path, bcrypt_rounds=4, outbox_limit=16)
+    server = ChatServer(db_path=database, bcrypt_rounds=4, outbox_limit=16)
     async with server, aiohttp.ClientSession() as http:
         body = {"email": "v@example.com", "username": "vanisher", "password": "password1"}
         async with http.post(server.url + "/auth/reg", json=body) as resp:
@@ -105,11 +103,11 @@ async def test_a_client_vanishing_during_a_long_catch_up_is_cleaned_up(tmp_path)
         async with http.post(server.url + "/chats/create", json={"name": "big"},
                              headers=headers) as resp:
             chat = (await resp.json())["id"]
-        with sqlite3.connect(db_path) as conn:
-            conn.executemany(
-                "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, 1, ?)",
-                [(chat, "x" * 2000) for _ in range(3000)],
-            )
+        await run_sql(
+            database,
+            "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, 1, ?)",
+            many=[(chat, "x" * 2000) for _ in range(3000)],
+        )
         ws = await http.ws_connect(server.ws_url, params={"token": token})
         await ws.send_json({"type": "join", "chat_id": chat, "since": 0})
         await ws.receive(timeout=5)  # the replay has started

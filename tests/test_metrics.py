@@ -164,8 +164,9 @@ async def test_openmetrics_when_the_scraper_asks(client):
 
 
 async def test_each_application_counts_only_its_own_traffic(aiohttp_client, config, register):
+    # Two applications of one process on one database: counting is per application.
     busy = await aiohttp_client(create_app(config))
-    quiet = await aiohttp_client(create_app(config.replace(db_path=config.db_path + "-2")))
+    quiet = await aiohttp_client(create_app(config))
     await register(busy, "alice")
 
     assert requests_of(await scrape(busy), "/auth/reg", "POST", 201) == 1

@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 import pytest
-from conftest import connect, next_frame
+from conftest import connect, next_frame, run_sql
 
 from chatapi import create_app
 
@@ -42,6 +42,7 @@ async def test_online_while_at_least_one_socket_is_open(client, register):
     await eventually(offline)
 
 
+@pytest.mark.sqlite_only
 async def test_start_marks_everybody_offline(aiohttp_client, config, register):
     client = await aiohttp_client(create_app(config))
     alice = await register(client, "alice")
@@ -54,7 +55,7 @@ async def test_start_marks_everybody_offline(aiohttp_client, config, register):
 
 
 async def test_shutdown_closes_sockets_with_1001_and_marks_users_offline(
-    client, config, register
+    client, config, register, backend
 ):
     alice = await register(client, "alice")
     ws = await connect(client, alice)
@@ -63,8 +64,29 @@ async def test_shutdown_closes_sockets_with_1001_and_marks_users_offline(
     msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.CLOSE
     assert msg.data == 1001, (msg, ws.close_code)
-    with sqlite3.connect(config.db_path) as conn:
-        assert conn.execute("SELECT max(is_online) FROM users").fetchone() == (0,)
+    if backend == "postgres":
+        assert await run_sql(config.db_path, "SELECT count(*) FROM presence") == [(0,)]
+    else:
+        assert await run_sql(config.db_path, "SELECT max(is_online) FROM users") == [(0,)]
+
+
+@pytest.mark.postgres_only
+async def test_start_forgets_lapsed_leases_only(aiohttp_client, config, register):
+    """A process killed with kill -9 leaves a lease that lapses; a live one stays."""
+    client = await aiohttp_client(create_app(config))
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    await client.close()
+    for user, lease in ((alice, "-1 minute"), (bob, "1 minute")):
+        (node,) = await run_sql(
+            config.db_path,
+            f"INSERT INTO nodes (lease_until) VALUES (now() + interval '{lease}') RETURNING id",
+        )
+        await run_sql(
+            config.db_path, "INSERT INTO presence (node_id, user_id) VALUES (?, ?)", node[0], user["id"]
+        )
+    restarted = await aiohttp_client(create_app(config))
+    assert not await is_online(restarted, alice)
+    assert await is_online(restarted, bob)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_embedding import readme_block
+from conftest import readme_block
 from websockets.sync.client import connect
 
 from chatapi.testing import ChatServer

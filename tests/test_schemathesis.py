@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 import schemathesis
+from conftest import BACKENDS, database_for
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -27,11 +28,13 @@ def register(url: str, name: str) -> str:
         return json.loads(resp.read())["token"]
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
     # Login failures from the fuzzer must not lock out the rest of the run.
-    with ChatServer(bcrypt_rounds=4, access_log=False, login_failures_per_address=10**6,
-                    frames_per_second=10_000.0, frame_burst=10_000) as server:
+    with database_for(request.param, tmp_path_factory.mktemp("schemathesis")) as database, ChatServer(
+        db_path=database, bcrypt_rounds=4, access_log=False, login_failures_per_address=10**6,
+        frames_per_second=10_000.0, frame_burst=10_000,
+    ) as server:
         server.token = register(server.url, "schemathesis")
         yield server
 

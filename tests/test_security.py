@@ -90,9 +90,9 @@ async def test_bad_token_is_401_on_the_handshake(client, alice, make):
     assert info.value.status == 401
 
 
-async def test_query_token_is_redacted_from_access_lines(caplog):
+async def test_query_token_is_redacted_from_access_lines(caplog, database):
     # The threaded server runs the production runner and access logger.
-    async with ChatServer(bcrypt_rounds=4) as server, aiohttp.ClientSession() as http:
+    async with ChatServer(db_path=database, bcrypt_rounds=4) as server, aiohttp.ClientSession() as http:
         body = {"email": "r@example.com", "username": "redact", "password": "password1"}
         async with http.post(server.url + "/auth/reg", json=body) as resp:
             token = (await resp.json())["token"]

@@ -103,22 +103,22 @@ async def test_unknown_email_costs_a_hash_check_too(aiohttp_client, config, regi
     assert unknown > known / 3  # without the dummy check, a miss costs ~1% of a hit
 
 
-def test_a_success_gives_back_only_its_own_reservation():
+async def test_a_success_gives_back_only_its_own_reservation():
     throttle = LoginThrottle(per_account=3, per_address=100, window=60)
-    first = throttle.reserve("a@example.com", "10.0.0.1")
-    second = throttle.reserve("a@example.com", "10.0.0.2")
-    third = throttle.reserve("a@example.com", "10.0.0.3")
+    first = await throttle.reserve("a@example.com", "10.0.0.1")
+    second = await throttle.reserve("a@example.com", "10.0.0.2")
+    third = await throttle.reserve("a@example.com", "10.0.0.3")
     # Three attempts are in flight: a fourth waits, though none has failed yet.
-    assert throttle.reserve("a@example.com", "10.0.0.4") > 0
-    throttle.settle(first, ok=False)
-    throttle.settle(second, ok=True)
+    assert await throttle.reserve("a@example.com", "10.0.0.4") > 0
+    await throttle.settle(first, ok=False)
+    await throttle.settle(second, ok=True)
     # The success freed its own place; the failure and the pending attempt still count.
-    fourth = throttle.reserve("a@example.com", "10.0.0.4")
+    fourth = await throttle.reserve("a@example.com", "10.0.0.4")
     assert not isinstance(fourth, int)
-    assert throttle.reserve("a@example.com", "10.0.0.5") > 0
-    throttle.settle(third, ok=True)
-    throttle.settle(fourth, ok=False)
-    assert not isinstance(throttle.reserve("a@example.com", "10.0.0.5"), int)
+    assert await throttle.reserve("a@example.com", "10.0.0.5") > 0
+    await throttle.settle(third, ok=True)
+    await throttle.settle(fourth, ok=False)
+    assert not isinstance(await throttle.reserve("a@example.com", "10.0.0.5"), int)
 
 
 async def test_parallel_guesses_meet_the_same_limit_at_production_cost(

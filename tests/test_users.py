@@ -6,7 +6,7 @@ import sqlite3
 
 import jwt
 import pytest
-from conftest import assert_error
+from conftest import assert_error, run_sql
 
 from chatapi import Config, create_app
 
@@ -46,8 +46,7 @@ async def test_register_rejects_invalid_fields(client, config, body, field):
     resp = await client.post("/auth/reg", json=body)
     error = await assert_error(resp, 400)
     assert field in error["details"]
-    with sqlite3.connect(config.db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    assert await run_sql(config.db_path, "SELECT count(*) FROM users") == [(0,)]
 
 
 @pytest.mark.parametrize(
@@ -168,8 +167,7 @@ async def test_password_hash_is_sent_only_when_configured(aiohttp_client, config
 
 async def test_token_of_a_deleted_user_is_401(client, config, register):
     user = await register(client, "alice")
-    with sqlite3.connect(config.db_path) as conn:
-        conn.execute("DELETE FROM users WHERE id = ?", (user["id"],))
+    await run_sql(config.db_path, "DELETE FROM users WHERE id = ?", user["id"])
     await assert_error(await client.get("/users/me", headers=user.headers), 401)
 
 

@@ -429,3 +429,20 @@ async def test_the_websocket_route_without_a_handshake_is_a_json_400(client, reg
     resp = await client.get("/chats/ws", headers=alice.headers)
     body = await assert_error(resp, 400)
     assert body["error"] == "not a websocket handshake: send Upgrade: websocket"
+
+
+async def test_the_character_u0000_is_refused_in_everything_stored(client, register):
+    """PostgreSQL's text cannot hold U+0000; both backends refuse it the same way."""
+    alice = await register(client, "alice")
+    body = {"email": "nul\x00@example.com", "username": "nul-user", "password": "password1"}
+    assert "email" in (await assert_error(await client.post("/auth/reg", json=body), 400))["details"]
+    resp = await client.post("/chats/create", json={"name": "a\x00b"}, headers=alice.headers)
+    assert "name" in (await assert_error(resp, 400))["details"]
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_json({"chat_id": chat, "text": "a\x00b"})
+    assert "U+0000" in (await next_frame(ws, "error"))["error"]
+    await ws.send_json({"chat_id": chat, "text": "fine", "nonce": "n\x00"})
+    assert "nonce" in (await next_frame(ws, "error"))["error"]
+    await ws.send_json({"chat_id": chat, "text": "fine"})
+    assert (await next_frame(ws, "message"))["text"] == "fine"

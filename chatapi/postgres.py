@@ -1,0 +1,585 @@
+"""The PostgreSQL backend: every statement of ChatAPI in PostgreSQL's dialect.
+
+A pool serves the queries; the bus between processes gets its own connection
+for LISTEN (`listen`), never a pooled one: returning a connection to the pool
+runs `UNLISTEN *`. Notifications are doorbells only (ids, never text): the
+rows are read from the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from .db import REVOKED, Conflict, Database, Draft, NotFound, Stored, Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
+CONNECT_TIMEOUT = 10.0
+QUERY_TIMEOUT = 10.0
+MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
+CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
+
+# What a call raises while the database is away (down, restarting, unreachable).
+AWAY = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+)
+# What background work (bus, leases) rides out and retries.
+DOWN = (*AWAY, asyncpg.PostgresError, Unavailable)
+
+# Notification kinds: "m:<chat id>,..." new messages in these chats,
+# "u:<user id>" tokens revoked, "p:<user id>,..." presence changed,
+# "e:<node>:<json>" an event frame for every socket.
+MESSAGES, TOKENS, PRESENCE, EVENT = "m", "u", "p", "e"
+
+_ONLINE = """(EXISTS (SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
+                   WHERE p.user_id = users.id AND n.lease_until > now()))::int AS is_online"""
+_USER_COLUMNS = f"id, email, username, password_hash, token_version, {_ONLINE}, created_at"
+_MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
+# One message as the JSON text of the history, built by PostgreSQL (`nonce`
+# only when the sender gave one: it is the only column that can be null).
+_MESSAGE_JSON = """m.id AS id, json_strip_nulls(json_build_object(
+    'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
+    'text', m.text, 'nonce', m.nonce, 'created_at', m.created_at))::text AS json"""
+
+
+def describe(url: str) -> str:
+    """Where a URL points (user@host:port/dbname), without its password."""
+    try:
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+        return f"{parts.username}@{where}" if parts.username else where
+    except ValueError:
+        return "the given URL"
+
+
+def _without_secret(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
+
+
+def schema_sql() -> str:
+    """The PostgreSQL schema (schema_postgres.sql)."""
+    return resources.files("chatapi").joinpath("schema_postgres.sql").read_text("utf-8")
+
+
+def _unavailable_when_away(cls: type[T]) -> type[T]:
+    """Every query method raises db.Unavailable (not a driver error) while PostgreSQL is away."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or name in ("close", "listen") or not inspect.iscoroutinefunction(method):
+            continue
+        setattr(cls, name, _guarded(method))
+    return cls
+
+
+def _guarded(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except AWAY as exc:
+            raise Unavailable(f"PostgreSQL is unavailable ({type(exc).__name__})") from exc
+
+    return call
+
+
+@_unavailable_when_away
+class PostgresDatabase(Database):
+    """A pool of connections to one PostgreSQL database, shared with other processes."""
+
+    shared = True
+
+    def __init__(self, url: str, pool: asyncpg.Pool, schema: str) -> None:
+        self.url = url
+        self.pool = pool
+        # One notification channel per schema: databases (or test schemas) never mix.
+        self.channel = "chatapi" if schema == "public" else f"chatapi_{schema}"[:63]
+        self.node_id = 0  # this process's lease, taken with its first socket
+        self._lease_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        try:
+            if self.node_id:
+                await self.pool.execute("""DELETE FROM nodes WHERE id = $1""", self.node_id)
+        except DOWN:
+            log.warning("could not remove this process's lease (it expires by itself)")
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("""SELECT 1""", timeout=QUERY_TIMEOUT)
+
+    async def get_or_create_secret(self, candidate: str) -> str:
+        return await self.pool.fetchval(
+            """WITH new AS (
+                   INSERT INTO settings (key, value) VALUES ('token_secret', $1)
+                   ON CONFLICT DO NOTHING RETURNING value)
+               SELECT value FROM new UNION ALL
+               SELECT value FROM settings WHERE key = 'token_secret'
+               LIMIT 1""",
+            candidate,
+        )
+
+    # Users
+
+    async def create_user(self, email: str, username: str, password_hash: str) -> dict[str, Any]:
+        try:
+            row = await self.pool.fetchrow(
+                f"""INSERT INTO users (email, username, username_key, password_hash)
+                        VALUES ($1, $2, $3, $4)
+                        RETURNING {_USER_COLUMNS}""",
+                email, username, username.casefold(), password_hash,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("email" if "email" in (exc.constraint_name or "") else "username") from None
+        return dict(row)
+
+    async def user_by_email(self, email: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {_USER_COLUMNS} FROM users WHERE email = $1""", _text(email)
+        )
+        return dict(row) if row else None
+
+    async def user_by_id(self, user_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(f"""SELECT {_USER_COLUMNS} FROM users WHERE id = $1""", user_id)
+        return dict(row) if row else None
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(f"""SELECT {_USER_COLUMNS} FROM users ORDER BY id""")
+        return [dict(row) for row in rows]
+
+    async def token_versions(self, user_ids: Sequence[int]) -> dict[int, int]:
+        rows = await self.pool.fetch(
+            """SELECT id, token_version FROM users WHERE id = ANY($1::bigint[])""", list(user_ids)
+        )
+        return {row["id"]: row["token_version"] for row in rows}
+
+    async def revoke_tokens(self, user_id: int) -> None:
+        # The notification reaches this user's sockets on every process.
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE users SET token_version = token_version + 1 WHERE id = $1""", user_id
+            )
+            await self._notify(conn, f"{TOKENS}:{user_id}")
+
+    async def set_password(self, email: str, password_hash: str) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""UPDATE users SET password_hash = $1, token_version = token_version + 1
+                        WHERE email = $2
+                        RETURNING {_USER_COLUMNS}""",
+                password_hash, _text(email),
+            )
+            if row is not None:
+                await self._notify(conn, f"{TOKENS}:{row['id']}")
+        if row is None:
+            raise NotFound(f"no user with email {email}")
+        return dict(row)
+
+    # Presence: leases of processes, and which users each one holds sockets of
+
+    async def register_node(self) -> None:
+        """Take a lease for this process (a new one if it lapsed)."""
+        self.node_id = await self.pool.fetchval(
+            """INSERT INTO nodes (lease_until) VALUES (now() + $1 * interval '1 second')
+               RETURNING id""",
+            LEASE_SECONDS,
+        )
+
+    async def renew_lease(self, sockets: dict[int, int]) -> bool:
+        """Extend this process's lease and record its socket count per user; False if the
+        lease had lapsed (a new one is taken and its users are recorded again)."""
+        renewed = await self.pool.fetchval(
+            """UPDATE nodes SET lease_until = now() + $2 * interval '1 second'
+               WHERE id = $1 RETURNING id""",
+            self.node_id, LEASE_SECONDS,
+        )
+        if not renewed:
+            await self.register_node()
+            await self.pool.execute(
+                """INSERT INTO presence (node_id, user_id)
+                   SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
+                   ON CONFLICT DO NOTHING""",
+                self.node_id, list(sockets),
+            )
+        # Only rows that exist: a socket count never brings a user online.
+        await self.pool.execute(
+            """UPDATE presence p SET sockets = c.sockets
+               FROM unnest($2::bigint[], $3::int[]) AS c (user_id, sockets)
+               WHERE p.node_id = $1 AND p.user_id = c.user_id AND p.sockets <> c.sockets""",
+            self.node_id, list(sockets), list(sockets.values()),
+        )
+        return bool(renewed)
+
+    async def sockets_elsewhere(self, user_id: int) -> int:
+        """The user's open sockets on the other live processes (as of their last renewal)."""
+        return await self.pool.fetchval(
+            """SELECT coalesce(sum(p.sockets), 0) FROM presence p JOIN nodes n ON n.id = p.node_id
+               WHERE p.user_id = $1 AND p.node_id <> $2 AND n.lease_until > now()""",
+            user_id, self.node_id,
+        )
+
+    async def reap_nodes(self) -> list[dict[str, Any]]:
+        """Remove lapsed leases; the users who thereby went offline everywhere."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """WITH gone AS (
+                       DELETE FROM nodes WHERE lease_until < now() AND id <> $1 RETURNING id),
+                   left_users AS (
+                       SELECT DISTINCT p.user_id FROM presence p JOIN gone ON gone.id = p.node_id)
+                   SELECT u.id, u.username FROM users u JOIN left_users l ON l.user_id = u.id
+                   WHERE NOT EXISTS (
+                       SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
+                       WHERE p.user_id = u.id AND n.lease_until > now()
+                         AND n.id NOT IN (SELECT id FROM gone))""",
+                self.node_id,
+            )
+            if rows:
+                await self._notify(conn, f"{PRESENCE}:" + ",".join(str(r["id"]) for r in rows))
+        return [dict(row) for row in rows]
+
+    async def set_online(self, user_id: int, online: bool) -> None:
+        if online and not self.node_id:
+            async with self._lease_lock:
+                if not self.node_id:
+                    await self.register_node()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if online:
+                await conn.execute(
+                    """INSERT INTO presence (node_id, user_id) VALUES ($1, $2)
+                       ON CONFLICT DO NOTHING""",
+                    self.node_id, user_id,
+                )
+            else:
+                await conn.execute(
+                    """DELETE FROM presence WHERE node_id = $1 AND user_id = $2""",
+                    self.node_id, user_id,
+                )
+            await self._notify(conn, f"{PRESENCE}:{user_id}")
+
+    async def set_everybody_offline(self) -> None:
+        # Other processes' users stay online: only this process's sockets and
+        # lapsed leases are forgotten.
+        await self.pool.execute("""DELETE FROM presence WHERE node_id = $1""", self.node_id)
+        await self.reap_nodes()
+
+    async def presence_of(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """{user_id, username, is_online} of these users, as every process sees them."""
+        rows = await self.pool.fetch(
+            f"""SELECT id AS user_id, username, {_ONLINE} FROM users
+                WHERE id = ANY($1::bigint[]) ORDER BY id""",
+            list(user_ids),
+        )
+        return [{**dict(row), "is_online": bool(row["is_online"])} for row in rows]
+
+    # Login attempts, shared by every process: counted before the password is checked
+
+    async def reserve_login_attempt(
+        self, limits: dict[str, int], window: float
+    ) -> tuple[list[float], list[int]]:
+        """Count an attempt against each key unless one is at its limit within `window` seconds.
+
+        Returns (seconds until each key at its limit is not, []) when refused, else
+        ([], the ids of the rows counted). Check and count are one transaction, with
+        the keys locked: attempts on several processes at once meet the same limit.
+        """
+        keys = sorted(_text(key) for key in limits)
+        limit_of = {_text(key): limit for key, limit in limits.items()}
+        async with self.pool.acquire() as conn, conn.transaction():
+            for key in keys:  # in order: two attempts never deadlock
+                await conn.execute("""SELECT pg_advisory_xact_lock(hashtext('login ' || $1))""", key)
+            await conn.execute(
+                """DELETE FROM login_failures WHERE key = ANY($1::text[])
+                   AND failed_at <= now() - $2 * interval '1 second'""",
+                keys, window,
+            )
+            rows = await conn.fetch(
+                """SELECT key, count(*) AS attempts,
+                          extract(epoch FROM min(failed_at) + $2 * interval '1 second' - now())
+                              AS wait
+                   FROM login_failures WHERE key = ANY($1::text[]) GROUP BY key""",
+                keys, window,
+            )
+            waits = [float(row["wait"]) for row in rows if row["attempts"] >= limit_of[row["key"]]]
+            if waits:
+                return waits, []
+            ids = await conn.fetch(
+                """INSERT INTO login_failures (key) SELECT unnest($1::text[]) RETURNING id""", keys
+            )
+        return [], [row["id"] for row in ids]
+
+    async def release_login_attempt(self, ids: Sequence[int]) -> None:
+        """Take back the rows of one attempt (it succeeded), and no other."""
+        await self.pool.execute("""DELETE FROM login_failures WHERE id = ANY($1::bigint[])""", list(ids))
+
+    async def prune_login_failures(self, window: float) -> None:
+        """Forget failures older than the window, whatever their key."""
+        await self.pool.execute(
+            """DELETE FROM login_failures WHERE failed_at <= now() - $1 * interval '1 second'""",
+            window,
+        )
+
+    # Chats
+
+    async def create_chat(self, name: str, owner_id: int) -> dict[str, Any]:
+        row = await self.pool.fetchrow(
+            """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
+               RETURNING id, name, owner_id, created_at""",
+            name, owner_id,
+        )
+        return dict(row)
+
+    async def list_chats(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("""SELECT id, name, owner_id, created_at FROM chats ORDER BY id""")
+        return [dict(row) for row in rows]
+
+    async def chat_exists(self, chat_id: int) -> bool:
+        return bool(await self.pool.fetchval("""SELECT 1 FROM chats WHERE id = $1""", chat_id))
+
+    # Messages
+
+    async def last_message_id(self, chat_id: int) -> int:
+        return await self.pool.fetchval(
+            """SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1""", chat_id
+        )
+
+    async def newest_message_id(self, chat_id: int) -> int | None:
+        row = await self.pool.fetchrow(
+            """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
+                   FROM chats WHERE id = $1""",
+            chat_id,
+        )
+        return row[0] if row else None
+
+    async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"""SELECT {_MESSAGE_COLUMNS}
+                FROM unnest($1::bigint[], $2::bigint[]) AS p (chat_id, after)
+                JOIN messages m ON m.chat_id = p.chat_id AND m.id > p.after
+                JOIN users u ON u.id = m.owner_id
+                ORDER BY m.chat_id, m.id LIMIT $3""",
+            list(positions), list(positions.values()), CATCH_UP_ROWS,
+        )
+        return [dict(row) for row in rows]
+
+    async def message_page(
+        self, chat_id: int, as_json: bool, after: int, before: int, limit: int, newest: bool
+    ) -> list[Any]:
+        columns = _MESSAGE_JSON if as_json else _MESSAGE_COLUMNS
+        if newest:
+            rows = await self.pool.fetch(
+                f"""SELECT * FROM (
+                        SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
+                        WHERE m.chat_id = $1 AND m.id < $2
+                        ORDER BY m.id DESC LIMIT $3) AS page
+                    ORDER BY id""",
+                chat_id, before, limit,
+            )
+        else:
+            rows = await self.pool.fetch(
+                f"""SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
+                    WHERE m.chat_id = $1 AND m.id > $2 AND m.id < $3
+                    ORDER BY m.id LIMIT $4""",
+                chat_id, after, before, limit,
+            )
+        return [(row[0], row[1]) for row in rows] if as_json else [dict(row) for row in rows]
+
+    async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Lock the batch's chats in ascending id order (two batches never
+            # deadlock); ids taken while holding a chat's lock commit in order.
+            chat_ids = sorted({draft.chat_id for draft in drafts})
+            existing = {
+                row["id"]
+                for row in await conn.fetch(
+                    """SELECT id FROM chats WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE""",
+                    chat_ids,
+                )
+            }
+            results = [await _insert_one(conn, draft, existing) for draft in drafts]
+            touched = sorted({s.message["chat_id"] for s in results if s.is_new and s.message})
+            if touched:
+                payload = f"{MESSAGES}:" + ",".join(map(str, touched))
+                await self._notify(conn, payload if len(payload) < MAX_PAYLOAD else f"{MESSAGES}:*")
+        return results
+
+    # Test support
+
+    async def insert_seed(
+        self,
+        users: Sequence[tuple[str, str, str]],
+        chats: Sequence[tuple[str, int]],
+        messages: Sequence[tuple[int, int, str, str | None, str | None]],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored_users = []
+            for email, username, password_hash in users:
+                try:
+                    # A savepoint: a conflict is raised as Conflict, the outer transaction rolls back.
+                    async with conn.transaction():
+                        row = await conn.fetchrow(
+                            f"""INSERT INTO users (email, username, username_key, password_hash)
+                                    VALUES ($1, $2, $3, $4)
+                                    RETURNING {_USER_COLUMNS}""",
+                            _text(email), _text(username), _text(username.casefold()),
+                            password_hash,
+                        )
+                except asyncpg.UniqueViolationError as exc:
+                    field = "email" if "email" in (exc.constraint_name or "") else "username"
+                    raise Conflict(field) from None
+                stored_users.append(dict(row))
+            stored_chats = []
+            for name, owner in chats:
+                row = await conn.fetchrow(
+                    """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
+                       RETURNING id, name, owner_id, created_at""",
+                    _text(name), stored_users[owner]["id"],
+                )
+                stored_chats.append(dict(row))
+            stored_messages = []
+            for chat, owner, text, nonce, created_at in messages:
+                row = await conn.fetchrow(
+                    """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                       VALUES ($1, $2, $3, $4, COALESCE($5, to_char(
+                           now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+                       RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                    stored_chats[chat]["id"], stored_users[owner]["id"], _text(text),
+                    None if nonce is None else _text(nonce), created_at,
+                )
+                stored_messages.append({**dict(row), "username": stored_users[owner]["username"]})
+        return stored_users, stored_chats, stored_messages
+
+    # The bus between processes
+
+    async def _notify(self, conn: asyncpg.Connection, payload: str) -> None:
+        await conn.execute("""SELECT pg_notify($1, $2)""", self.channel, payload)
+
+    async def notify(self, payload: str) -> None:
+        """Send a notification on this database's channel (delivered after commit)."""
+        await self.pool.execute("""SELECT pg_notify($1, $2)""", self.channel, payload)
+
+    async def listen(
+        self, on_payload: Callable[[str], None], on_lost: Callable[[], None]
+    ) -> asyncpg.Connection:
+        """A dedicated connection (not pooled) that LISTENs on the channel."""
+        conn = await asyncpg.connect(
+            self.url,
+            timeout=CONNECT_TIMEOUT,
+            # The process id in its name: an operator (or a test) can tell listeners apart.
+            server_settings={"application_name": f"chatapi-listener-{os.getpid()}"},
+        )
+        try:
+            await conn.add_listener(self.channel, lambda *args: on_payload(args[-1]))
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(lambda _conn: on_lost())
+        return conn
+
+    def pool_in_use(self) -> int:
+        """Connections of the pool in use now."""
+        return self.pool.get_size() - self.pool.get_idle_size()
+
+
+def event_payload(origin: str, frame: dict[str, Any]) -> str:
+    """The notification carrying an event frame (from the process called `origin`)."""
+    return f"{EVENT}:{origin}:" + json.dumps(frame, ensure_ascii=False)
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000: such a value can match nothing.
+    return value.replace("\x00", "\ufffd")
+
+
+async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
+    if draft.chat_id not in chats:
+        return Stored(None, error=f"chat {draft.chat_id} does not exist")
+    # Checked in the statement that inserts, inside the batch's transaction:
+    # a revocation committed before it (logout answered) stops the draft.
+    row = await conn.fetchrow(
+        """INSERT INTO messages (chat_id, owner_id, text, nonce)
+           SELECT $1, $2, $3, $4
+           WHERE $5::integer IS NULL OR EXISTS (
+               SELECT 1 FROM users WHERE id = $2 AND token_version = $5::integer)
+           ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
+           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+        draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
+    )
+    if row is not None:
+        return Stored({**dict(row), "username": draft.username}, is_new=True)
+    if draft.token_version is not None and not await conn.fetchval(
+        """SELECT 1 FROM users WHERE id = $1 AND token_version = $2""",
+        draft.owner_id, draft.token_version,
+    ):
+        return Stored(None, error=REVOKED)
+    # The nonce was used: a statement of its own sees the committed original.
+    original = await conn.fetchrow(
+        f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+            WHERE m.owner_id = $1 AND m.nonce = $2""",
+        draft.owner_id, draft.nonce,
+    )
+    return Stored(dict(original))
+
+
+async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
+    """Connect a pool and apply the schema under an advisory lock."""
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=QUERY_TIMEOUT,
+            server_settings={"application_name": "chatapi"},
+        )
+    except (ValueError, *DOWN) as exc:
+        reason = _without_secret(str(exc) or type(exc).__name__, url)
+        raise Unavailable(f"cannot connect to PostgreSQL at {describe(url)}: {reason}") from None
+    try:
+        schema = await _apply_schema(pool)
+        database = PostgresDatabase(url, pool, schema)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        await pool.close()
+        raise Unavailable(f"PostgreSQL at {describe(url)} refused the schema: {exc}") from None
+    except BaseException:
+        await pool.close()
+        raise
+    return database
+
+
+async def _apply_schema(pool: asyncpg.Pool) -> str:
+    async with pool.acquire() as conn, conn.transaction():
+        # Two processes starting at once on an empty database would race to
+        # create the same tables: one waits here for the other.
+        await conn.execute(
+            """SELECT pg_advisory_xact_lock(hashtext('chatapi schema ' || current_schema()))"""
+        )
+        if await conn.fetchval("""SELECT to_regclass('settings') IS NOT NULL"""):
+            version = await conn.fetchval(
+                """SELECT value::int FROM settings WHERE key = 'schema_version'"""
+            )
+            if version is not None and version > SCHEMA_VERSION:
+                raise Unavailable(
+                    f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+                )
+        await conn.execute(schema_sql())
+        return await conn.fetchval("""SELECT current_schema()""")

@@ -1,0 +1,373 @@
+"""The SQLite backend: every statement of ChatAPI in SQLite's dialect (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .db import REVOKED, Conflict, Database, Draft, NotFound, Stored
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+
+class SQLiteDatabase(Database):
+    """A write connection guarded by a lock, and a read connection.
+
+    With WAL, the reader sees only committed rows, so a history read never
+    shows a message that is still inside the writer's open transaction.
+    """
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.writer = writer
+        self.reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time: commit on success, roll back on error."""
+        async with self._write_lock:
+            try:
+                yield self.writer
+            except BaseException:
+                await self.writer.rollback()
+                raise
+            await self.writer.commit()
+
+    async def read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Run a query on the read connection and fetch every row in one step.
+
+        A statement left open between awaits would hold the read connection's
+        snapshot for every other query on it; under load one always is, and
+        reads would keep seeing an old database.
+        """
+        return list(await self.reader.execute_fetchall(sql, params))
+
+    async def run_on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call fn(sqlite3 connection, *args) on the write connection's thread, in one step.
+
+        Only inside transaction(). aiosqlite has no public call for this:
+        `_execute` and `_conn` are its internals (setup.cfg pins aiosqlite
+        below 0.23 for that reason; tests/test_ws.py exercises this path).
+        """
+        return await self.writer._execute(fn, self.writer._conn, *args)
+
+    async def close(self) -> None:
+        if self.reader is not self.writer:
+            await self.reader.close()
+        await self.writer.close()
+
+    async def ping(self) -> None:
+        await self.read("SELECT 1")
+
+    async def get_or_create_secret(self, candidate: str) -> str:
+        async with self.transaction() as conn:
+            await conn.execute(
+                """INSERT OR IGNORE INTO settings (key, value) VALUES ('token_secret', ?)""",
+                (candidate,),
+            )
+            async with conn.execute(
+                """SELECT value FROM settings WHERE key = 'token_secret'"""
+            ) as cursor:
+                (secret,) = await cursor.fetchone()
+        return secret
+
+    # Users
+
+    async def create_user(self, email: str, username: str, password_hash: str) -> dict[str, Any]:
+        try:
+            async with self.transaction() as conn, conn.execute(
+                f"""INSERT INTO users (email, username, username_key, password_hash)
+                        VALUES (?, ?, ?, ?)
+                        RETURNING {_USER_COLUMNS}""",
+                (email, username, username.casefold(), password_hash),
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.IntegrityError as exc:
+            raise Conflict("email" if "users.email" in str(exc) else "username") from None
+        return dict(row)
+
+    async def user_by_email(self, email: str) -> dict[str, Any] | None:
+        rows = await self.read(f"""SELECT {_USER_COLUMNS} FROM users WHERE email = ?""", (email,))
+        return dict(rows[0]) if rows else None
+
+    async def user_by_id(self, user_id: int) -> dict[str, Any] | None:
+        rows = await self.read(f"""SELECT {_USER_COLUMNS} FROM users WHERE id = ?""", (user_id,))
+        return dict(rows[0]) if rows else None
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        rows = await self.read(f"""SELECT {_USER_COLUMNS} FROM users ORDER BY id""")
+        return [dict(row) for row in rows]
+
+    async def token_versions(self, user_ids: Sequence[int]) -> dict[int, int]:
+        rows = await self.read(
+            """SELECT id, token_version FROM users
+               WHERE id IN (SELECT value FROM json_each(?))""",
+            (f"[{','.join(str(int(i)) for i in user_ids)}]",),
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def revoke_tokens(self, user_id: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                """UPDATE users SET token_version = token_version + 1 WHERE id = ?""",
+                (user_id,),
+            )
+
+    async def set_password(self, email: str, password_hash: str) -> dict[str, Any]:
+        async with self.transaction() as conn, conn.execute(
+            f"""UPDATE users SET password_hash = ?, token_version = token_version + 1
+                    WHERE email = ?
+                    RETURNING {_USER_COLUMNS}""",
+            (password_hash, email),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"no user with email {email}")
+        return dict(row)
+
+    async def set_online(self, user_id: int, online: bool) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                """UPDATE users SET is_online = ? WHERE id = ?""", (int(online), user_id)
+            )
+
+    async def set_everybody_offline(self) -> None:
+        # One process owns the file: nobody can be online before its first socket.
+        async with self.transaction() as conn:
+            await conn.execute("""UPDATE users SET is_online = 0 WHERE is_online != 0""")
+
+    # Chats
+
+    async def create_chat(self, name: str, owner_id: int) -> dict[str, Any]:
+        async with self.transaction() as conn, conn.execute(
+            """INSERT INTO chats (name, owner_id) VALUES (?, ?)
+                   RETURNING id, name, owner_id, created_at""",
+            (name, owner_id),
+        ) as cursor:
+            return dict(await cursor.fetchone())
+
+    async def list_chats(self) -> list[dict[str, Any]]:
+        rows = await self.read("""SELECT id, name, owner_id, created_at FROM chats ORDER BY id""")
+        return [dict(row) for row in rows]
+
+    async def chat_exists(self, chat_id: int) -> bool:
+        return bool(await self.read("""SELECT 1 FROM chats WHERE id = ?""", (chat_id,)))
+
+    # Messages
+
+    async def last_message_id(self, chat_id: int) -> int:
+        rows = await self.read(
+            """SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = ?""", (chat_id,)
+        )
+        return rows[0][0]
+
+    async def newest_message_id(self, chat_id: int) -> int | None:
+        rows = await self.read(
+            """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
+                   FROM chats WHERE id = ?""",
+            (chat_id,),
+        )
+        return rows[0][0] if rows else None
+
+    async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for chat_id, after in positions.items():
+            rows.extend(
+                dict(row)
+                for row in await self.read(
+                    f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                        WHERE m.chat_id = ? AND m.id > ? ORDER BY m.id""",
+                    (chat_id, after),
+                )
+            )
+        return rows
+
+    async def message_page(
+        self, chat_id: int, as_json: bool, after: int, before: int, limit: int, newest: bool
+    ) -> list[Any]:
+        columns = _MESSAGE_JSON if as_json else _MESSAGE_COLUMNS
+        if newest:
+            rows = await self.read(
+                f"""SELECT * FROM (
+                        SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
+                        WHERE m.chat_id = ? AND m.id < ?
+                        ORDER BY m.id DESC LIMIT ?)
+                    ORDER BY id""",
+                (chat_id, before, limit),
+            )
+        else:
+            rows = await self.read(
+                f"""SELECT {columns} FROM messages m JOIN users u ON u.id = m.owner_id
+                    WHERE m.chat_id = ? AND m.id > ? AND m.id < ?
+                    ORDER BY m.id LIMIT ?""",
+                (chat_id, after, before, limit),
+            )
+        return [(row[0], row[1]) for row in rows] if as_json else [dict(row) for row in rows]
+
+    async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]:
+        async with self.transaction():
+            # The whole batch in one trip to the database thread: per-statement
+            # trips cost more CPU than the inserts themselves. One writer task
+            # inserts, so ids commit in increasing order.
+            return await self.run_on_writer(_insert_batch, drafts)
+
+    # Test support
+
+    async def insert_seed(
+        self,
+        users: Sequence[tuple[str, str, str]],
+        chats: Sequence[tuple[str, int]],
+        messages: Sequence[tuple[int, int, str, str | None, str | None]],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        async with self.transaction() as conn:
+            stored_users = []
+            for email, username, password_hash in users:
+                try:
+                    async with conn.execute(
+                        f"""INSERT INTO users (email, username, username_key, password_hash)
+                                VALUES (?, ?, ?, ?)
+                                RETURNING {_USER_COLUMNS}""",
+                        (email, username, username.casefold(), password_hash),
+                    ) as cursor:
+                        stored_users.append(dict(await cursor.fetchone()))
+                except sqlite3.IntegrityError as exc:
+                    raise Conflict("email" if "users.email" in str(exc) else "username") from None
+            stored_chats = []
+            for name, owner in chats:
+                async with conn.execute(
+                    """INSERT INTO chats (name, owner_id) VALUES (?, ?)
+                           RETURNING id, name, owner_id, created_at""",
+                    (name, stored_users[owner]["id"]),
+                ) as cursor:
+                    stored_chats.append(dict(await cursor.fetchone()))
+            stored_messages = []
+            for chat, owner, text, nonce, created_at in messages:
+                async with conn.execute(
+                    """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                           VALUES (?, ?, ?, ?,
+                                   COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))
+                           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                    (stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce, created_at),
+                ) as cursor:
+                    row = dict(await cursor.fetchone())
+                stored_messages.append({**row, "username": stored_users[owner]["username"]})
+        return stored_users, stored_chats, stored_messages
+
+
+_USER_COLUMNS = "id, email, username, password_hash, token_version, is_online, created_at"
+_MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
+
+# One message as the JSON text of the history, built by SQLite: serialising in
+# Python costs more than the query (`nonce` only when the sender gave one).
+_MESSAGE_JSON = """m.id AS id, CASE WHEN m.nonce IS NULL
+    THEN json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
+                     'username', u.username, 'text', m.text, 'created_at', m.created_at)
+    ELSE json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
+                     'username', u.username, 'text', m.text, 'nonce', m.nonce,
+                     'created_at', m.created_at)
+    END AS json"""
+
+
+def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Stored]:
+    results = []
+    for draft in drafts:
+        try:
+            # Checked in the statement that inserts, inside the batch's transaction:
+            # a revocation committed before it (logout answered) stops the draft.
+            rows = conn.execute(
+                """INSERT INTO messages (chat_id, owner_id, text, nonce)
+                   SELECT ?1, ?2, ?3, ?4
+                   WHERE ?5 IS NULL OR EXISTS (
+                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
+                   ON CONFLICT DO NOTHING
+                   RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
+            ).fetchall()
+        except sqlite3.IntegrityError:
+            results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
+            continue
+        except (sqlite3.InterfaceError, ValueError):
+            # Input validation should make this unreachable; one bad draft
+            # must still not fail the others in its batch.
+            log.exception("message from user %d could not be stored", draft.owner_id)
+            results.append(Stored(None, error="message could not be stored"))
+            continue
+        if rows:
+            results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
+            continue
+        if draft.token_version is not None and not _still_valid(conn, draft):
+            results.append(Stored(None, error=REVOKED))
+            continue
+        (original,) = conn.execute(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                WHERE m.owner_id = ? AND m.nonce = ?""",
+            (draft.owner_id, draft.nonce),
+        ).fetchall()
+        # The unique nonce wins over the foreign key: a repeat sent to a chat
+        # that does not exist must still be refused as such.
+        if original["chat_id"] != draft.chat_id and not conn.execute(
+            """SELECT 1 FROM chats WHERE id = ?""", (draft.chat_id,)
+        ).fetchall():
+            results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
+            continue
+        results.append(Stored(dict(original)))
+    return results
+
+
+def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
+    rows = conn.execute(
+        """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
+        (draft.owner_id, draft.token_version),
+    ).fetchall()
+    return bool(rows)
+
+
+def schema_sql() -> str:
+    """The SQLite schema (schema.sql)."""
+    return resources.files("chatapi").joinpath("schema.sql").read_text("utf-8")
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path)
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        # FULL: an acknowledged message survives power loss, not only a crash.
+        await conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        # An unclosed connection's thread would keep the process alive forever.
+        await conn.close()
+        raise
+    return conn
+
+
+async def open_database(path: str) -> SQLiteDatabase:
+    """Open (creating if needed) the database file and apply schema.sql."""
+    writer = await _connect(path)
+    try:
+        await writer.execute("PRAGMA journal_mode = WAL")
+        async with writer.execute("PRAGMA user_version") as cursor:
+            (version,) = await cursor.fetchone()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
+            )
+        await writer.executescript(schema_sql())
+        await writer.commit()
+        # An in-memory database exists only on its one connection.
+        reader = writer if path == ":memory:" else await _connect(path)
+    except BaseException:
+        await writer.close()
+        raise
+    return SQLiteDatabase(writer, reader)

@@ -1,0 +1,49 @@
+"""The bus between processes, seen from two applications on one database."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import connect, create_chat, next_frame
+
+from chatapi import create_app
+from chatapi.keys import BUS
+
+
+async def test_an_event_frame_reaches_every_socket_once(aiohttp_client, config, register):
+    """On SQLite within one application; on PostgreSQL across two (as across processes)."""
+    first = await aiohttp_client(create_app(config))
+    second = await aiohttp_client(create_app(config)) if config.db_path.startswith("postgres") else first
+    alice, bob = await register(first, "alice"), await register(second, "bob")
+    here, there = await connect(first, alice), await connect(second, bob)
+    chat = await create_chat(first, alice, "events")
+    await here.send_json({"type": "join", "chat_id": chat})
+    await there.send_json({"type": "join", "chat_id": chat})
+    assert (await next_frame(here))["type"] == "joined"
+    assert (await next_frame(there))["type"] == "joined"
+
+    first.app[BUS].broadcast({"type": "chat_created", "chat": {"id": chat, "name": "events"}})
+    for ws in (here, there):
+        frame = await next_frame(ws)
+        assert frame == {"type": "chat_created", "chat": {"id": chat, "name": "events"}}
+    # Exactly once: the next frame on each socket is the next message, not a repeat.
+    await here.send_json({"chat_id": chat, "text": "after"})
+    for ws in (here, there):
+        assert (await next_frame(ws))["text"] == "after"
+
+
+@pytest.mark.postgres_only
+async def test_a_message_posted_on_one_application_reaches_sockets_of_another(
+    aiohttp_client, config, register
+):
+    first, second = await aiohttp_client(create_app(config)), await aiohttp_client(create_app(config))
+    alice, bob = await register(first, "alice"), await register(second, "bob")
+    chat = await create_chat(first, alice)
+    reader = await connect(second, bob)
+    await reader.send_json({"type": "join", "chat_id": chat})
+    assert (await next_frame(reader))["type"] == "joined"
+    writer = await connect(first, alice)
+    for n in range(20):
+        await writer.send_json({"chat_id": chat, "text": f"m{n}", "nonce": f"n{n}"})
+    frames = [await next_frame(reader) for _ in range(20)]
+    assert [f["text"] for f in frames] == [f"m{n}" for n in range(20)]
+    assert [f["id"] for f in frames] == sorted(f["id"] for f in frames)

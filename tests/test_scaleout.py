@@ -1,0 +1,534 @@
+"""Several server processes on one PostgreSQL database: fan-out, order, resume, faults.
+
+Real `python -m chatapi` processes on 127.0.0.1, each with its own sockets, all on a
+fresh schema of the test database. Every wait is bounded; nothing asserts a duration
+except what the contract promises (presence within the lease).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from conftest import readme_block
+from test_faults import (
+    HTTP_TIMEOUT,
+    WS_TIMEOUT,
+    Outbox,
+    Peer,
+    ServerProcess,
+    api,
+    create_chat,
+    eventually,
+    history,
+    not_stored_once,
+    online_users,
+    register,
+    until,
+)
+
+pytestmark = pytest.mark.postgres_only
+
+LEASE_BOUND = 20.0  # lease (10 s) + one renewal (2.5 s) + a presence frame, with room to spare
+
+
+@pytest.fixture
+async def cluster(backend, postgres_url, tmp_path):
+    """start(n, **env) -> n server processes on one fresh PostgreSQL schema, started at once."""
+    started: list[ServerProcess] = []
+
+    async def start(count: int = 1, *args: str, **env: str) -> list[ServerProcess]:
+        servers = await asyncio.gather(
+            *(ServerProcess(postgres_url, *args, cwd=tmp_path, **env).start() for _ in range(count))
+        )
+        started.extend(servers)
+        return list(servers)
+
+    yield start
+    await asyncio.gather(*(server.kill() for server in started))
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+        yield http
+
+
+async def subscribe(peers: list[Peer], http: aiohttp.ClientSession, urls: list[str], chat: int,
+                    since: int | None = None) -> None:
+    for n, peer in enumerate(peers):
+        assert await peer.connect(http, urls[n % len(urls)]), peer.end
+        peer.start(join=chat, since=since)
+    await until(lambda: all(peer.joined for peer in peers), 10, "every subscriber joined")
+
+
+async def finish(writers: list[Peer], budget: int, timeout: float = 60) -> None:
+    """Wait until each writer has sent its whole budget and had every message acknowledged."""
+    await until(lambda: all(w.outbox.created >= budget for w in writers), timeout, "all sent")
+    await asyncio.wait_for(asyncio.gather(*(w.settle() for w in writers)), timeout)
+
+
+def stored_by_nonce(messages: list[dict[str, Any]]) -> dict[str, list[int]]:
+    stored: dict[str, list[int]] = {}
+    for message in messages:
+        if message.get("nonce") is not None:
+            stored.setdefault(message["nonce"], []).append(message["id"])
+    return stored
+
+
+# (a) writers on three processes, one chat
+
+
+async def test_writers_on_three_processes_reach_every_subscriber_once_in_id_order(cluster):
+    servers = await cluster(3)
+    urls = [server.ws_url for server in servers]
+    async with session() as http:
+        users = [await register(http, servers[n % 3].url, f"user{n}") for n in range(6)]
+        chat = await create_chat(http, servers[0].url, users[0]["token"], "busy")
+        seen: dict[str, int] = {}
+        problems: list[str] = []
+        subscribers = [Peer(user["token"], seen, problems) for user in users]
+        await subscribe(subscribers, http, urls, chat)
+
+        writers = [Peer(users[n]["token"], seen, problems, Outbox(f"w{n}", chat)) for n in range(4)]
+        for n, writer in enumerate(writers):
+            assert await writer.connect(http, urls[n % 3])
+        for writer in writers:  # all at once
+            writer.start(budget=60)
+        await finish(writers, 60)
+
+        total = 4 * 60
+        await until(lambda: all(len(p.ids) == total for p in subscribers), 30,
+                    "every subscriber received every message")
+        messages = await history(http, servers[1].url, users[1]["token"], chat)
+        for peer in subscribers:
+            await peer.close()
+    assert problems == []
+    ids = [message["id"] for message in messages]
+    assert len(ids) == total and ids == sorted(ids)
+    for peer in subscribers:
+        assert peer.ids == ids  # exactly once each, in increasing id order, as stored
+    assert not not_stored_once(seen, stored_by_nonce(messages))
+
+
+# (b) a client that hops between processes with since
+
+
+async def test_a_client_hopping_between_processes_with_since_misses_nothing(cluster):
+    servers = await cluster(3)
+    async with session() as http:
+        alice = await register(http, servers[0].url, "alice")
+        bob = await register(http, servers[1].url, "bob")
+        carol = await register(http, servers[2].url, "carol")
+        chat = await create_chat(http, servers[0].url, alice["token"], "hops")
+        seen: dict[str, int] = {}
+        problems: list[str] = []
+        writers = [Peer(alice["token"], seen, problems, Outbox("a", chat)),
+                   Peer(bob["token"], seen, problems, Outbox("b", chat))]
+        for writer, server in zip(writers, servers[:2]):
+            assert await writer.connect(http, server.ws_url)
+            writer.start(budget=80, interval=0.01)
+        settled = asyncio.ensure_future(finish(writers, 80))
+
+        received: list[int] = []
+        hop = 0
+        while True:
+            done = settled.done()
+            reader = Peer(carol["token"], {}, problems)
+            assert await reader.connect(http, servers[hop % 3].ws_url)
+            reader.start(join=chat, since=received[-1] if received else 0)
+            await until(lambda r=reader: r.joined, 10, "joined")
+            if done:
+                await until(lambda r=reader: len(received) + len(r.ids) >= 160, 30, "the rest")
+            else:
+                with contextlib.suppress(AssertionError):
+                    await until(lambda r=reader: len(r.ids) >= 7, 2, "a few messages")
+            await reader.close()
+            received.extend(reader.ids)
+            hop += 1
+            if done:
+                break
+        await settled
+        messages = await history(http, servers[2].url, carol["token"], chat)
+    assert problems == []
+    assert hop > 3
+    assert received == [message["id"] for message in messages]
+    assert len(received) == 160
+
+
+# (c) kill -9 of one process
+
+
+async def test_kill_9_of_one_process_takes_its_users_offline_elsewhere_and_loses_nothing(cluster):
+    servers = await cluster(3)
+    victim, survivor, other = servers[2], servers[0], servers[1]
+    async with session() as http:
+        alice = await register(http, victim.url, "alice")  # only ever on the victim
+        bob = await register(http, survivor.url, "bob")
+        carol = await register(http, other.url, "carol")
+        chat = await create_chat(http, survivor.url, bob["token"], "kill")
+        seen: dict[str, int] = {}
+        problems: list[str] = []
+        watcher = await http.ws_connect(survivor.ws_url, params={"token": bob["token"]},
+                                        timeout=WS_TIMEOUT)
+        doomed = Peer(alice["token"], seen, problems, Outbox("alice", chat))
+        assert await doomed.connect(http, victim.ws_url)
+        await eventually(lambda: _contains(online_users(http, survivor.url, bob["token"]), "alice"),
+                         10, "alice online on the survivor")
+        writers = [Peer(bob["token"], seen, problems, Outbox("bob", chat)),
+                   Peer(carol["token"], seen, problems, Outbox("carol", chat))]
+        for writer, server in zip(writers, (survivor, other)):
+            assert await writer.connect(http, server.ws_url)
+            writer.start(budget=60, interval=0.01)
+        doomed.start(budget=1000, interval=0.005)
+        await until(lambda: len(doomed.outbox.acked) >= 20, 20, "alice posted for a while")
+
+        await victim.kill()
+        await doomed.finished()
+        took = await eventually(
+            lambda: _lacks(online_users(http, survivor.url, bob["token"]), "alice"),
+            LEASE_BOUND, "alice offline on the survivor after kill -9",
+        )
+        offline = await _presence_frame(watcher, "alice", False, LEASE_BOUND)
+        await finish(writers, 60)
+        messages = await history(http, other.url, carol["token"], chat)
+        await watcher.close()
+    print(f"alice offline {took:.1f} s after kill -9")
+    assert offline
+    assert problems == []
+    assert not not_stored_once(seen, stored_by_nonce(messages))  # no acknowledged message lost
+    assert all(not w.outbox.pending for w in writers)  # the others kept serving
+
+
+async def _contains(users: Any, name: str) -> bool:
+    return name in await users
+
+
+async def _lacks(users: Any, name: str) -> bool:
+    return name not in await users
+
+
+async def _presence_frame(ws: aiohttp.ClientWebSocketResponse, name: str, online: bool,
+                          timeout: float) -> bool:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            frame = json.loads(msg.data)
+            if frame["type"] == "presence" and {"username": name, "is_online": online} in [
+                {"username": u["username"], "is_online": u["is_online"]} for u in frame["users"]
+            ]:
+                return True
+
+
+# (d) a listener cut by pg_terminate_backend
+
+
+async def test_a_terminated_listener_reconnects_and_no_subscriber_misses_a_message(
+    cluster, postgres_url
+):
+    sender, receiver = await cluster(2)
+    async with session() as http:
+        alice = await register(http, sender.url, "alice")
+        bob = await register(http, receiver.url, "bob")
+        chat = await create_chat(http, sender.url, alice["token"], "cut")
+        seen: dict[str, int] = {}
+        problems: list[str] = []
+        subscribers = [Peer(bob["token"], seen, problems) for _ in range(3)]
+        await subscribe(subscribers, http, [receiver.ws_url], chat)
+        writer = Peer(alice["token"], seen, problems, Outbox("a", chat))
+        assert await writer.connect(http, sender.ws_url)
+        writer.start(budget=150, interval=0.01)
+        await until(lambda: len(writer.outbox.acked) >= 40, 20, "messages flowing")
+
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            cut = await conn.fetchval(
+                """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                   WHERE application_name = $1""",
+                f"chatapi-listener-{receiver.proc.pid}",
+            )
+        finally:
+            await conn.close()
+        assert cut == 1
+        await finish([writer], 150)
+        await until(lambda: all(len(p.ids) == 150 for p in subscribers), 30, "all delivered")
+        messages = await history(http, receiver.url, bob["token"], chat)
+        metrics = await (await http.get(receiver.url + "/metrics")).text()
+        for peer in subscribers:
+            await peer.close()
+    assert problems == []
+    ids = [message["id"] for message in messages]
+    assert all(peer.ids == ids for peer in subscribers)
+    assert "chatapi_bus_listener_reconnects_total 1.0" in metrics
+
+
+# (e) PostgreSQL restarted under load
+
+
+def _local_cluster() -> tuple[str, str] | None:
+    if os.geteuid() != 0 or shutil.which("pg_lsclusters") is None:
+        return None
+    lines = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
+                           check=False).stdout.split("\n")
+    fields = lines[0].split() if lines and lines[0] else []
+    return (fields[0], fields[1]) if len(fields) > 3 and fields[3] == "online" else None
+
+
+async def test_postgres_restarted_under_load_every_process_recovers(cluster):
+    local = _local_cluster()
+    if local is None:
+        pytest.skip("restarting PostgreSQL needs root and a local Debian cluster (pg_ctlcluster)")
+    servers = await cluster(2)
+    async with session() as http:
+        alice = await register(http, servers[0].url, "alice")
+        bob = await register(http, servers[1].url, "bob")
+        chat = await create_chat(http, servers[0].url, alice["token"], "restart")
+        statuses: list[int] = []
+
+        async def poll_health() -> None:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(servers[1].url + "/health") as resp:
+                        statuses.append(resp.status)
+                await asyncio.sleep(0.1)
+
+        acked: dict[str, int] = {}
+        errors: list[str] = []
+        posting = [asyncio.create_task(_post_through_errors(http, s.ws_url, user["token"], chat,
+                                                            name, 60, acked, errors))
+                   for s, user, name in ((servers[0], alice, "a"), (servers[1], bob, "b"))]
+        poller = asyncio.create_task(poll_health())
+        await until(lambda: len(acked) >= 20, 20, "messages flowing")
+        restart = await asyncio.to_thread(
+            subprocess.run, ["pg_ctlcluster", *local, "restart"], capture_output=True, text=True,
+            check=False,
+        )
+        assert restart.returncode == 0, restart.stderr
+        await asyncio.wait_for(asyncio.gather(*posting), 120)
+        await eventually(lambda: _healthy(http, servers[0].url), 30, "server 0 healthy again")
+        await eventually(lambda: _healthy(http, servers[1].url), 30, "server 1 healthy again")
+        poller.cancel()
+        messages = await history(http, servers[0].url, alice["token"], chat)
+    assert 503 in statuses and statuses[-1] == 200, statuses
+    assert errors and all("database" in error for error in errors), errors
+    assert len(acked) == 120
+    assert not not_stored_once(acked, stored_by_nonce(messages))
+
+
+async def _healthy(http: aiohttp.ClientSession, url: str) -> bool:
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with http.get(url + "/health") as resp:
+            return resp.status == 200
+    return False
+
+
+async def _post_through_errors(http: aiohttp.ClientSession, ws_url: str, token: str, chat: int,
+                               prefix: str, count: int, acked: dict[str, int],
+                               errors: list[str]) -> None:
+    """Post `count` messages one at a time, resending (same nonce) after an error frame
+    or a dropped connection, as a client should while the database is away."""
+    n = 0
+    while n < count:
+        try:
+            async with http.ws_connect(ws_url, params={"token": token}, timeout=WS_TIMEOUT) as ws:
+                while n < count:
+                    nonce = f"{prefix}-{n}"
+                    await ws.send_json({"chat_id": chat, "text": nonce, "nonce": nonce})
+                    while True:
+                        frame = await ws.receive_json(timeout=30)
+                        if frame.get("nonce") == nonce:
+                            break
+                    if frame["type"] == "error":
+                        errors.append(frame["error"])
+                        await asyncio.sleep(0.2)
+                        continue
+                    acked[nonce] = frame["id"]
+                    n += 1
+                    await asyncio.sleep(0.02)
+        except (aiohttp.ClientError, TimeoutError, TypeError):
+            await asyncio.sleep(0.2)
+
+
+# (f) logout on one process
+
+
+async def test_logout_on_one_process_closes_the_users_sockets_on_another_with_4001(cluster):
+    first, second = await cluster(2)
+    async with session() as http:
+        alice = await register(http, first.url, "alice")
+        sockets = [await http.ws_connect(second.ws_url, params={"token": alice["token"]})
+                   for _ in range(2)]
+        await api(http, "POST", first.url + "/auth/logout", token=alice["token"], status=204)
+        for ws in sockets:
+            msg = await ws.receive(timeout=5)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
+        await api(http, "GET", second.url + "/users/me", token=alice["token"], status=401)
+
+
+# (g) two processes started at once on an empty database
+
+
+async def test_two_processes_started_at_once_on_an_empty_database_both_serve(cluster, postgres_url):
+    first, second = await cluster(2)
+    async with session() as http:
+        alice = await register(http, first.url, "alice")
+        body = {"email": "alice@example.com", "password": "password-alice"}
+        token = (await api(http, "POST", second.url + "/auth/login", body=body))["token"]
+        await api(http, "GET", first.url + "/users/me", token=token)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        version = await conn.fetchval("SELECT value FROM settings WHERE key = 'schema_version'")
+        tables = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+        )
+    finally:
+        await conn.close()
+    assert alice["username"] == "alice" and version == "1" and tables == 7
+
+
+# Shared limits
+
+
+async def test_failed_logins_are_counted_across_processes(cluster):
+    first, second = await cluster(2, CHATAPI_LOGIN_FAILURES="4")
+    async with session() as http:
+        await register(http, first.url, "alice")
+        wrong = {"email": "alice@example.com", "password": "not the password"}
+        for server in (first, second, first, second):
+            await api(http, "POST", server.url + "/auth/login", body=wrong, status=401)
+        for server in (first, second):
+            await api(http, "POST", server.url + "/auth/login", body=wrong, status=429)
+
+
+async def test_the_socket_cap_counts_sockets_on_every_process(cluster):
+    first, second = await cluster(2, CHATAPI_MAX_SOCKETS_PER_USER="2")
+    async with session() as http:
+        alice = await register(http, first.url, "alice")
+        a = await http.ws_connect(first.ws_url, params={"token": alice["token"]})
+        b = await http.ws_connect(second.ws_url, params={"token": alice["token"]})
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(first.ws_url, params={"token": alice["token"]})
+        assert refused.value.status == 429
+        await a.close()
+        await b.close()
+
+
+# Workers
+
+
+async def test_workers_serve_one_port_from_several_processes(cluster):
+    (supervisor,) = await cluster(1, "--workers", "2")
+    async with session() as http:
+        alice = await register(http, supervisor.url, "alice")
+        chat = await create_chat(http, supervisor.url, alice["token"], "workers")
+        seen: dict[str, int] = {}
+        problems: list[str] = []
+        readers = [Peer(alice["token"], seen, problems) for _ in range(6)]
+        await subscribe(readers, http, [supervisor.ws_url], chat)
+        writer = Peer(alice["token"], seen, problems, Outbox("w", chat))
+        assert await writer.connect(http, supervisor.ws_url)
+        writer.start(budget=30)
+        await finish([writer], 30)
+        await until(lambda: all(len(r.ids) == 30 for r in readers), 20, "all delivered")
+        for reader in readers:
+            await reader.close()
+    assert problems == []
+    children = (await asyncio.to_thread(
+        subprocess.run, ["ps", "--ppid", str(supervisor.proc.pid), "-o", "args="],
+        capture_output=True, text=True, check=False,
+    )).stdout
+    assert children.count("--reuse-port") == 2
+    assert await supervisor.terminate(30) < 30
+    assert supervisor.returncode == 0
+
+
+def test_workers_are_refused_on_sqlite_with_one_line(tmp_path):
+    done = subprocess.run(
+        ["chatapi", "--workers", "2", "--db", str(tmp_path / "x.db")],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "postgresql://" in done.stderr
+
+
+# (h) nginx in front of two processes, with the README's configuration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_nginx_with_the_readme_configuration_carries_a_conversation(cluster, tmp_path):
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    servers = await cluster(2)
+    port = _free_port()
+    site = readme_block("Several hosts", "nginx")
+    for n, server in enumerate(servers):
+        site = site.replace(f"10.0.0.{n + 1}:8080", server.url.removeprefix("http://"))
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"""user root;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    include {tmp_path}/site.conf;
+}}
+""")
+    proc = await asyncio.create_subprocess_exec(
+        nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with session() as http:
+            await eventually(lambda: _healthy(http, base), 10, "nginx answers")
+            alice = await register(http, base, "alice")
+            bob = await register(http, base, "bob")
+            chat = await create_chat(http, base, alice["token"], "proxied")
+            ws_url = "ws" + base.removeprefix("http") + "/chats/ws"
+            seen: dict[str, int] = {}
+            problems: list[str] = []
+            # nginx spreads the sockets over both processes
+            readers = [Peer(user["token"], seen, problems) for user in (alice, bob, alice, bob)]
+            await subscribe(readers, http, [ws_url], chat)
+            writers = [Peer(alice["token"], seen, problems, Outbox("a", chat)),
+                       Peer(bob["token"], seen, problems, Outbox("b", chat))]
+            for writer in writers:
+                assert await writer.connect(http, ws_url)
+                writer.start(budget=25)
+            await finish(writers, 25)
+            await until(lambda: all(len(r.ids) == 50 for r in readers), 30, "all delivered")
+            messages = await history(http, base, bob["token"], chat)
+            for reader in readers:
+                await reader.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert problems == []
+    ids = [message["id"] for message in messages]
+    assert len(ids) == 50
+    for reader in readers:
+        assert reader.ids == ids  # each saw the whole conversation, in order
