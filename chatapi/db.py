@@ -24,7 +24,8 @@ class NotFound(Exception):
 
 
 class Conflict(Exception):
-    """A unique value is already taken; `field` names it."""
+    """A unique value is already taken; `field` names it (email, username, or a
+    message's nonce)."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"{field} already taken")

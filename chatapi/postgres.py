@@ -440,8 +440,7 @@ class PostgresDatabase(Database):
                             f"""INSERT INTO users (email, username, username_key, password_hash)
                                     VALUES ($1, $2, $3, $4)
                                     RETURNING {_USER_COLUMNS}""",
-                            _text(email), _text(username), _text(username.casefold()),
-                            password_hash,
+                            email, username, username.casefold(), password_hash,
                         )
                 except asyncpg.UniqueViolationError as exc:
                     field = "email" if "email" in (exc.constraint_name or "") else "username"
@@ -452,19 +451,22 @@ class PostgresDatabase(Database):
                 row = await conn.fetchrow(
                     """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
                        RETURNING id, name, owner_id, created_at""",
-                    _text(name), stored_users[owner]["id"],
+                    name, stored_users[owner]["id"],
                 )
                 stored_chats.append(dict(row))
             stored_messages = []
             for chat, owner, text, nonce, created_at in messages:
-                row = await conn.fetchrow(
-                    """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
-                       VALUES ($1, $2, $3, $4, COALESCE($5, to_char(
-                           now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
-                       RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                    stored_chats[chat]["id"], stored_users[owner]["id"], _text(text),
-                    None if nonce is None else _text(nonce), created_at,
-                )
+                try:
+                    row = await conn.fetchrow(
+                        """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                           VALUES ($1, $2, $3, $4, COALESCE($5, to_char(
+                               now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+                           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                        stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce,
+                        created_at,
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise Conflict("nonce") from None
                 stored_messages.append({**dict(row), "username": stored_users[owner]["username"]})
         return stored_users, stored_chats, stored_messages
 
@@ -513,13 +515,15 @@ def _text(value: str) -> str:
 async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
     if draft.chat_id not in chats:
         return Stored(None, error=f"chat {draft.chat_id} does not exist")
-    # Checked in the statement that inserts, inside the batch's transaction:
-    # a revocation committed before it (logout answered) stops the draft.
+    # Checked in the statement that inserts, inside the batch's transaction: a
+    # revocation committed before it (logout answered) stops the draft, and the row
+    # lock (FOR SHARE) makes a revocation wait for this batch to commit, so nothing
+    # of an old token is committed after the revocation has answered.
     row = await conn.fetchrow(
         """INSERT INTO messages (chat_id, owner_id, text, nonce)
            SELECT $1, $2, $3, $4
            WHERE $5::integer IS NULL OR EXISTS (
-               SELECT 1 FROM users WHERE id = $2 AND token_version = $5::integer)
+               SELECT 1 FROM users WHERE id = $2 AND token_version = $5::integer FOR SHARE)
            ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
            RETURNING id, chat_id, owner_id, text, nonce, created_at""",
         draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,

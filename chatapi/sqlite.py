@@ -252,13 +252,18 @@ class SQLiteDatabase(Database):
                     stored_chats.append(dict(await cursor.fetchone()))
             stored_messages = []
             for chat, owner, text, nonce, created_at in messages:
-                async with conn.execute(
+                try:
+                    cursor = await conn.execute(
                     """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
                            VALUES (?, ?, ?, ?,
                                    COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))
                            RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                    (stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce, created_at),
-                ) as cursor:
+                        (stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce,
+                         created_at),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict("nonce") from None
+                async with cursor:
                     row = dict(await cursor.fetchone())
                 stored_messages.append({**row, "username": stored_users[owner]["username"]})
         return stored_users, stored_chats, stored_messages

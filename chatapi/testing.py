@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import shutil
-import sqlite3
 import tempfile
 import threading
 import urllib.error
@@ -188,9 +187,9 @@ class ChatServer:
                 app[DB], user_rows, chat_rows, message_rows
             )
         except db.Conflict as exc:
+            if exc.field == "nonce":
+                raise SeedError("messages: a user used the same nonce twice") from None
             raise SeedError(f"users: {exc}") from None
-        except sqlite3.IntegrityError:
-            raise SeedError("messages: a user used the same nonce twice") from None
         config, secret = app[CONFIG], app[SECRET]
         seeded = Seeded()
         for user, password in zip(stored_users, passwords):

@@ -315,15 +315,19 @@ async def assert_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, A
 
 @contextlib.asynccontextmanager
 async def chatapi_process(
-    tmp_path: Path, preexec_fn: Callable[[], None] | None = None, **env: str
+    tmp_path: Path,
+    preexec_fn: Callable[[], None] | None = None,
+    database: str | None = None,
+    **env: str,
 ) -> AsyncIterator[tuple[str, Path]]:
-    """`python -m chatapi --port 0` on a file in tmp_path, with production settings but
-    bcrypt cost 4 and `env`; yields (its URL, the file its stderr goes to)."""
+    """`python -m chatapi --port 0` on `database` (default: a file in tmp_path), with
+    production settings but bcrypt cost 4 and `env`; yields (its URL, the file its
+    stderr goes to)."""
     stderr_path = tmp_path / "stderr"
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CHATAPI_BCRYPT_ROUNDS": "4", **env}
     with stderr_path.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatapi", "--port", "0", "--db", str(tmp_path / "chat.db"),
+            sys.executable, "-m", "chatapi", "--port", "0", "--db", database or str(tmp_path / "chat.db"),
             stdout=asyncio.subprocess.PIPE, stderr=stderr, env=environ, preexec_fn=preexec_fn,
         )
     try:

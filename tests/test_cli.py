@@ -1,5 +1,8 @@
 """The `chatapi` command as an operator runs it: start-up and admin-command failures.
 
+These are about the SQLite file (missing, not a database, created or not); PostgreSQL
+URLs have their tests in tests/test_embedding.py and one here.
+
 Every test runs the installed command in a temporary working directory and looks at what
 a person would see: the exit code, the one line on stderr, and the files left behind.
 """
@@ -17,6 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from websockets.sync.client import connect
@@ -166,6 +170,25 @@ def test_a_failing_admin_command_still_names_its_database(tmp_path):
         f"chatapi: using database {tmp_path / 'chatapi.db'}",
         "chatapi: chat 7 does not exist",
     ]
+
+
+@pytest.mark.postgres_only
+def test_an_admin_command_on_postgresql_names_the_database_without_its_password(
+    tmp_path, backend, database
+):
+    with ChatServer(db_path=database, bcrypt_rounds=4):
+        pass  # the schema exists, as on a server's database
+    done = chatapi("--db", database, "export", "--chat", "7", cwd=tmp_path)
+    assert done.returncode == 1
+    password = urlsplit(database).password
+    assert password  # the test URL carries one
+    shown = database.replace(f":{password}@", ":***@", 1)
+    assert done.stderr.splitlines() == [
+        f"chatapi: using database {shown}",
+        "chatapi: chat 7 does not exist",
+    ]
+    assert f":{password}@" not in done.stderr
+    assert files_in(tmp_path) == []
 
 
 # Serving: a path that cannot be a database stops the start with one line.

@@ -41,13 +41,14 @@ async def idle_connection(host: str, port: int, half_request: bool) -> bytes:
 
 
 async def test_a_connection_flood_near_the_descriptor_limit_does_not_take_the_server_down(
-    tmp_path,
+    tmp_path, database
 ):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     try:
         server = chatapi_process(
-            tmp_path, preexec_fn=lower_descriptor_limit, CHATAPI_IDLE_TIMEOUT=str(IDLE_TIMEOUT)
+            tmp_path, preexec_fn=lower_descriptor_limit, database=database,
+            CHATAPI_IDLE_TIMEOUT=str(IDLE_TIMEOUT),
         )
         async with server as (url, stderr_path), aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30)

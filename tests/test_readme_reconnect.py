@@ -43,9 +43,9 @@ def register(url: str, name: str) -> dict:
         return json.load(response)
 
 
-def test_the_recipe_shows_every_message_once_across_a_restart(tmp_path):
+def test_the_recipe_shows_every_message_once_across_a_restart(database):
     follow = recipe()["follow"]
-    db_path = str(tmp_path / "chat.db")
+    db_path = database
     server = ChatServer(db_path=db_path, bcrypt_rounds=4)
     server.start()
     alice = register(server.url, "alice")

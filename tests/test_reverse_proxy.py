@@ -43,9 +43,9 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-def proxied(tmp_path):
+def proxied(tmp_path, database):
     """(nginx URL, server) for a ChatAPI server behind README's nginx block."""
-    with ChatServer(bcrypt_rounds=4, login_failures_per_address=3) as server:
+    with ChatServer(db_path=database, bcrypt_rounds=4, login_failures_per_address=3) as server:
         block = readme_block("Operate it", "nginx")
         assert "proxy_pass http://127.0.0.1:8080;" in block
         block = block.replace("127.0.0.1:8080", f"127.0.0.1:{server.port}")

@@ -1,21 +1,20 @@
 """Revoked tokens end the user's sockets: from logout, and from the admin command
-`reset-password` run as another process on the database file. Once a revocation is
+`reset-password` run as another process on the same database (both backends). Once a revocation is
 committed, nothing more from the user's old sockets is stored."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
 
 import aiohttp
-from conftest import connect, create_chat, next_frame
+from conftest import connect, create_chat, next_frame, run_sql
 
 
-def stored_messages(db_path: str) -> list[tuple[int, str]]:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT id, text FROM messages ORDER BY id").fetchall()
+async def stored_messages(location: str) -> list[tuple[int, str]]:
+    """Every stored message as (id, text), read from either backend's database."""
+    return await run_sql(location, "SELECT id, text FROM messages ORDER BY id")
 
 
 async def reset_password(db_path: str, email: str, password: str) -> None:
@@ -56,7 +55,7 @@ async def test_reset_password_by_the_admin_command_closes_open_sockets_with_4001
     await sockets[1].send_json({"chat_id": chat, "text": "after", "nonce": "after"})
 
     assert [await closed_with(ws) for ws in sockets] == [4001, 4001]
-    assert [text for _, text in stored_messages(config.db_path)] == ["before"]
+    assert [text for _, text in await stored_messages(config.db_path)] == ["before"]
 
 
 async def test_nothing_from_old_sockets_is_stored_once_logout_has_answered(
@@ -80,14 +79,14 @@ async def test_nothing_from_old_sockets_is_stored_once_logout_has_answered(
             await asyncio.sleep(0)
 
     floods = [asyncio.create_task(flood(ws, n)) for n, ws in enumerate(sockets)]
-    while len(stored_messages(config.db_path)) < 50:  # the floods are being stored
+    while len(await stored_messages(config.db_path)) < 50:  # the floods are being stored
         await asyncio.sleep(0.01)
     resp = await client.post("/auth/logout", headers=alice.headers)
     assert resp.status == 204
-    at_logout = stored_messages(config.db_path)
+    at_logout = await stored_messages(config.db_path)
     codes = [await closed_with(ws) for ws in sockets]
     stop.set()
     await asyncio.gather(*floods)
     await asyncio.sleep(0.5)  # a straggler would be committed by now
     assert codes == [4001] * 4
-    assert stored_messages(config.db_path) == at_logout
+    assert await stored_messages(config.db_path) == at_logout

@@ -142,9 +142,9 @@ WELL_FORMED = {
 }
 
 
-async def test_no_request_however_malformed_puts_a_token_in_the_log(tmp_path):
+async def test_no_request_however_malformed_puts_a_token_in_the_log(tmp_path, database):
     # As the attacking client did: raw requests to a server process, its stderr read.
-    async with chatapi_process(tmp_path) as (url, stderr_path), aiohttp.ClientSession() as http:
+    async with chatapi_process(tmp_path, database=database) as (url, stderr_path), aiohttp.ClientSession() as http:
         body = {"email": "t@example.com", "username": "tokens", "password": "password1"}
         async with http.post(url + "/auth/reg", json=body) as resp:
             token = (await resp.json())["token"]

@@ -7,8 +7,8 @@ import time
 
 from conftest import assert_error
 
-from chatapi import create_app
-from chatapi.throttle import LoginThrottle, SlidingWindow
+from chatapi import create_app, db
+from chatapi.throttle import LoginThrottle, SharedLoginThrottle, SlidingWindow
 
 
 class FakeClock:
@@ -103,8 +103,22 @@ async def test_unknown_email_costs_a_hash_check_too(aiohttp_client, config, regi
     assert unknown > known / 3  # without the dummy check, a miss costs ~1% of a hit
 
 
-async def test_a_success_gives_back_only_its_own_reservation():
-    throttle = LoginThrottle(per_account=3, per_address=100, window=60)
+async def test_a_success_gives_back_only_its_own_reservation(backend, database):
+    # In this process's memory (SQLite), or in the database every process shares.
+    store = await db.open_database(database) if backend == "postgres" else None
+    throttle = (
+        SharedLoginThrottle(store, per_account=3, per_address=100, window=60)
+        if store is not None
+        else LoginThrottle(per_account=3, per_address=100, window=60)
+    )
+    try:
+        await reservations_settle_their_own_places(throttle)
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def reservations_settle_their_own_places(throttle) -> None:
     first = await throttle.reserve("a@example.com", "10.0.0.1")
     second = await throttle.reserve("a@example.com", "10.0.0.2")
     third = await throttle.reserve("a@example.com", "10.0.0.3")

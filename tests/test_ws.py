@@ -313,7 +313,9 @@ async def test_a_lone_surrogate_nonce_gets_the_validation_error(client, register
     ws = await connect(client, alice)
     await ws.send_str(f'{{"chat_id": {chat}, "text": "hi", "nonce": "\\ud800"}}')
     error = await next_frame(ws, "error")
-    assert error == {"type": "error", "error": "nonce must be a string of 1 to 64 characters"}
+    assert error == {
+        "type": "error", "error": "nonce must be a string of 1 to 64 characters (not U+0000)"
+    }
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
     await ws.send_json({"chat_id": chat, "text": "still fine", "nonce": "n1"})
     assert (await next_frame(ws))["text"] == "still fine"
