@@ -24,6 +24,7 @@ from .middlewares import (
     error_middleware,
     metrics_middleware,
 )
+from .revocation import watch_revocations
 from .throttle import LoginThrottle, SharedLoginThrottle
 from .writer import MessageWriter
 
@@ -100,6 +101,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(writer.run()),
         asyncio.create_task(hub.run_presence()),
+        asyncio.create_task(watch_revocations(database, hub)),
         asyncio.create_task(bus.run()),
     ]
     yield

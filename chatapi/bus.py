@@ -39,6 +39,11 @@ class Bus:
         """An event of a chat or of some users (see Hub.route) for every process."""
         self.hub.route(event)
 
+    def announce_chat(self, chat: dict[str, Any]) -> None:
+        """Tell every open socket of every process that a chat was created (after its commit)."""
+        fields = ("id", "name", "owner_id", "created_at", "kind")
+        self.broadcast({"type": "chat_created", "chat": {field: chat[field] for field in fields}})
+
     async def follow(self, chat_id: int) -> None:
         """Called when a socket subscribes: from here on, new messages of the chat reach it."""
 

@@ -15,10 +15,12 @@ so every message of a followed chat is seen exactly once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import random
+import uuid
 from collections import Counter
 from types import TracebackType
 from typing import Any, Self
@@ -51,20 +53,26 @@ class ChatAPIError(Exception):
 
 
 class ChatConnectionError(ConnectionError):
-    """The websocket session is closed, or stayed disconnected for too long to send."""
+    """The server cannot be reached, or the websocket session is closed or stayed
+    disconnected for too long."""
 
 
-async def _error_of(resp: aiohttp.ClientResponse) -> ChatAPIError:
+def error_of_answer(status: int, text: str | bytes, reason: str | None) -> ChatAPIError:
+    """The ChatAPIError of an error answer: its {"error", "details"?} body, else its reason."""
     try:
-        body = await resp.json(content_type=None)
+        body = json.loads(text)
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         details = body.get("details")
         if not isinstance(details, dict):
             details = None
-        return ChatAPIError(resp.status, body["error"], details)
-    return ChatAPIError(resp.status, resp.reason or f"HTTP {resp.status}")
+        return ChatAPIError(status, body["error"], details)
+    return ChatAPIError(status, reason or f"HTTP {status}")
+
+
+async def _error_of(resp: aiohttp.ClientResponse) -> ChatAPIError:
+    return error_of_answer(resp.status, await resp.read(), resp.reason)
 
 
 class ChatClient:
@@ -111,6 +119,15 @@ class ChatClient:
     def _url(self, path: str) -> str:
         return self.base_url + path
 
+    def user_id(self) -> int | None:
+        """The id of the user the token belongs to (read from the token), or None."""
+        try:
+            payload = (self.token or "").split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            return int(claims["sub"])
+        except (IndexError, ValueError, KeyError, TypeError):
+            return None
+
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
@@ -124,14 +141,17 @@ class ChatClient:
         auth: bool = True,
     ) -> Any:
         headers = self._auth_headers() if auth else {}
-        async with self._session().request(
-            method, self._url(path), json=body, params=params, headers=headers
-        ) as resp:
-            if resp.status >= 400:
-                raise await _error_of(resp)
-            if resp.status == 204:
-                return None
-            return await resp.json()
+        try:
+            async with self._session().request(
+                method, self._url(path), json=body, params=params, headers=headers
+            ) as resp:
+                if resp.status >= 400:
+                    raise await _error_of(resp)
+                if resp.status == 204:
+                    return None
+                return await resp.json()
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+            raise ChatConnectionError(f"could not reach {self.base_url}: {exc!r}") from exc
 
     async def register(self, email: str, username: str, password: str) -> dict[str, Any]:
         """Create an account; keeps its token. Returns {"token", "username", "id"}."""
@@ -257,6 +277,8 @@ class ChatSession:
         # that drops us for it is resumed from the last id like any other drop.
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(max_queue)
         self._last_ids: dict[int, int] = {}  # chat id -> highest message id delivered
+        # nonce -> (chat id, future) of each send waiting for its acknowledgement
+        self._acks: dict[str, list[tuple[int, asyncio.Future[dict[str, Any]]]]] = {}
         self._link: _Link | None = None
         self._changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -289,10 +311,17 @@ class ChatSession:
         return dict(self._last_ids)
 
     async def open(self) -> None:
-        """Connect; a refused first handshake raises (ChatAPIError, aiohttp.ClientError)."""
+        """Connect; raises ChatAPIError when refused, ChatConnectionError when unreachable."""
         if self._reader is not None or self._closed:
             raise ChatConnectionError("a session can be opened once")
-        link = await self._open_link()
+        try:
+            link = await self._open_link()
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ChatAPIError(exc.status, f"websocket refused: {exc.message}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ChatConnectionError(
+                f"could not reach {self._client.base_url}: {exc!r}"
+            ) from exc
         self._client._sessions.add(self)
         self._set_link(link)
         self._reader = asyncio.create_task(self._run(link))
@@ -333,19 +362,56 @@ class ChatSession:
             raise StopAsyncIteration
         return item
 
-    async def send(self, chat_id: int, text: str, nonce: str | None = None) -> None:
-        """Post a message; its acknowledgement arrives as a message frame (with the nonce).
+    async def send(self, chat_id: int, text: str, nonce: str | None = None) -> dict[str, Any]:
+        """Post a message and return it as stored: the server's acknowledgement, matched by
+        nonce (a UUID is generated when none is given).
 
+        If the connection drops before the acknowledgement, the message is sent again
+        with the same nonce once reconnected; the server stores it once. Raises
+        ChatAPIError(400) when the server refuses the message (an error frame), and
+        ChatConnectionError when no acknowledgement came within `send_timeout`. The
+        acknowledgement is also passed on to the iterator, like every message frame.
         Posting to a chat the session does not follow yet joins it first (from its
         newest message), so that its messages are resumed after a drop too.
         """
         deadline = self._deadline()
         if chat_id not in self._last_ids:
             await self._follow(chat_id, None, deadline, automatic=True)
-        frame: dict[str, Any] = {"chat_id": chat_id, "text": text}
-        if nonce is not None:
-            frame["nonce"] = nonce
-        await self._send(frame, deadline)
+        nonce = uuid.uuid4().hex if nonce is None else nonce
+        frame: dict[str, Any] = {"chat_id": chat_id, "text": text, "nonce": nonce}
+        ack: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting = self._acks.setdefault(nonce, [])
+        waiting.append((chat_id, ack))
+        try:
+            while True:
+                link = await self._send(frame, deadline)
+                if await self._acknowledged(ack, link, deadline):
+                    return ack.result()
+        finally:
+            waiting.remove((chat_id, ack))
+            if not waiting:
+                self._acks.pop(nonce, None)
+
+    async def _acknowledged(
+        self, ack: asyncio.Future[dict[str, Any]], link: _Link, deadline: float
+    ) -> bool:
+        """Wait for `ack`: True once it came, False when `link` was lost first."""
+        while not ack.done():
+            self._check_usable()
+            if self._link is not link:
+                return False
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.wait([ack, changed], return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                raise ChatConnectionError(
+                    f"no acknowledgement from {self._client.base_url} "
+                    f"within {self._send_timeout:g} s"
+                ) from None
+            finally:
+                changed.cancel()
+        return True
 
     async def join(self, chat_id: int, since: int | None = None) -> None:
         """Follow a chat: messages after `since`, or from now on; a "joined" frame follows."""
@@ -380,10 +446,10 @@ class ChatSession:
             await self._wait_link(deadline)  # while disconnected, HTTP would fail too
             try:
                 newest = await self._client.messages(chat_id, limit=1)
-            except aiohttp.ClientConnectionError as exc:
+            except ChatConnectionError:
                 # The server just went away; the reader will notice it soon.
                 if asyncio.get_running_loop().time() >= deadline:
-                    raise ChatConnectionError(f"could not reach the server: {exc}") from exc
+                    raise
                 await asyncio.sleep(self._backoff)
                 continue
             return newest[-1]["id"] if newest else 0
@@ -400,7 +466,8 @@ class ChatSession:
 
     async def _send(
         self, frame: dict[str, Any], deadline: float, auto_join: int | None = None
-    ) -> None:
+    ) -> _Link:
+        """Write a frame on the current connection (waiting for one); returns that link."""
         data = json.dumps(frame, ensure_ascii=False)
         while True:
             link = await self._wait_link(deadline)
@@ -409,7 +476,7 @@ class ChatSession:
                 link.auto_joins[auto_join] += 1
             try:
                 await link.ws.send_str(data)
-                return
+                return link
             except (aiohttp.ClientConnectionError, ConnectionError):
                 # Not written at all; the reader notices the drop and reconnects.
                 self._lose(link)
@@ -537,14 +604,33 @@ class ChatSession:
         if not isinstance(frame, dict):
             return
         kind, chat_id = frame.get("type"), frame.get("chat_id")
+        if isinstance(frame.get("nonce"), str) and frame["nonce"] in self._acks:
+            self._acknowledge(frame)
         if kind == "message" and chat_id in self._last_ids and isinstance(frame.get("id"), int):
             if frame["id"] <= self._last_ids[chat_id]:
                 return  # delivered already (a replay after a reconnect, or a nonce echo)
             self._last_ids[chat_id] = frame["id"]
-        elif kind == "joined" and link.auto_joins[chat_id] > 0:
+        elif kind == "joined" and frame.get("cursor_reset") and chat_id in self._last_ids:
+            # Our cursor was beyond the chat's newest message: resume from the server's.
+            self._last_ids[chat_id] = frame["last_id"]
+        if kind == "joined" and link.auto_joins[chat_id] > 0:
             link.auto_joins[chat_id] -= 1
             return
         await self._inbox.put(frame)
+
+    def _acknowledge(self, frame: dict[str, Any]) -> None:
+        """Complete the sends waiting for this frame's nonce: a message is their
+        acknowledgement, an error frame (sent to this socket only) their refusal."""
+        kind = frame.get("type")
+        if kind == "message" and frame.get("owner_id") not in (None, self._client.user_id()):
+            return  # another user's message that happens to carry the same nonce
+        for chat_id, ack in self._acks[frame["nonce"]]:
+            if ack.done():
+                continue
+            if kind == "error":
+                ack.set_exception(ChatAPIError(400, f"message refused: {frame.get('error')}"))
+            elif kind == "message" and frame.get("chat_id") == chat_id:
+                ack.set_result(frame)
 
     @staticmethod
     async def _close_ws(ws: aiohttp.ClientWebSocketResponse) -> None:

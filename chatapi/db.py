@@ -24,7 +24,8 @@ class NotFound(Exception):
 
 
 class Conflict(Exception):
-    """A unique value is already taken; `field` names it."""
+    """A unique value is already taken; `field` names it (email, username, or a
+    message's nonce)."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"{field} already taken")
@@ -48,6 +49,12 @@ class Draft:
     username: str
     text: str
     nonce: str | None = None
+    # The token version the sending socket authenticated with: once the user's
+    # tokens are revoked (logout, a password reset), the draft is not stored.
+    token_version: int | None = None
+
+
+REVOKED = "your tokens were revoked: log in again"
 
 
 @dataclass
@@ -119,6 +126,9 @@ class Database(ABC):
     async def last_message_id(self, chat_id: int) -> int: ...
 
     @abstractmethod
+    async def newest_message_id(self, chat_id: int) -> int | None: ...
+
+    @abstractmethod
     async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]: ...
 
     @abstractmethod
@@ -130,6 +140,14 @@ class Database(ABC):
 
     @abstractmethod
     async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]: ...
+
+    @abstractmethod
+    async def insert_seed(
+        self,
+        users: Sequence[tuple[str, str, str]],
+        chats: Sequence[tuple[str, int]],
+        messages: Sequence[tuple[int, int, str, str | None, str | None]],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]: ...
 
     # Teams: admins, chat kinds, members, read markers, invites
 
@@ -289,8 +307,8 @@ async def set_everybody_offline(db: Database) -> None:
 
 
 async def create_chat(db: Database, name: str, owner_id: int) -> dict[str, Any]:
-    """Insert a chat: {id, name, owner_id, created_at}."""
-    return await db.create_chat(name, owner_id)
+    """Insert a public chat, its owner a member: {id, name, owner_id, created_at, kind}."""
+    return await db.create_team_chat(name, "public", owner_id, ())
 
 
 async def list_chats(db: Database) -> list[dict[str, Any]]:
@@ -301,6 +319,11 @@ async def list_chats(db: Database) -> list[dict[str, Any]]:
 async def chat_exists(db: Database, chat_id: int) -> bool:
     """True when a chat has this id."""
     return await db.chat_exists(chat_id)
+
+
+async def newest_message_id(db: Database, chat_id: int) -> int | None:
+    """The id of the chat's newest message (0 when it has none); None if no such chat."""
+    return await db.newest_message_id(chat_id)
 
 
 async def chat_messages(
@@ -340,6 +363,23 @@ async def insert_messages(db: Database, drafts: Sequence[Draft]) -> list[Stored]
     """
     return await db.insert_messages(drafts)
 
+
+# Test support
+
+
+async def insert_seed(
+    db: Database,
+    users: Sequence[tuple[str, str, str]],
+    chats: Sequence[tuple[str, int]],
+    messages: Sequence[tuple[int, int, str, str | None, str | None]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Store test data in one transaction: all of it, or nothing (Conflict when a user is taken).
+
+    users: (email, username, password_hash); chats: (name, index of the owner in users);
+    messages: (index in chats, index in users, text, nonce, created_at or None for now).
+    Returns the stored users, chats and messages (with username), in the order given.
+    """
+    return await db.insert_seed(users, chats, messages)
 
 # Teams: admins, chat kinds, members, read markers, invites.
 # Roles are 'owner' and 'member'; kinds 'public', 'private' and 'direct'.

@@ -1,7 +1,8 @@
 """Live fan-out: this process's open sockets, their subscriptions, and presence.
 
-Messages reach `Hub.publish` through the bus (chatapi/bus.py), which decides
-whether they come straight from this process's writer or from the database.
+Messages reach `Hub.publish`, and event frames (`chat_created`) `Hub.broadcast`,
+through the bus (chatapi/bus.py), which decides whether they come straight from
+this process or from the database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REVOKED = 4001  # close code of a socket whose user's tokens were revoked
 CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the connection is cut
 MESSAGE_FIELDS = ("id", "chat_id", "owner_id", "username", "text", "created_at")
 
@@ -69,6 +71,23 @@ def _write_now(ws: web.WebSocketResponse, frame: str) -> bool:
     return True
 
 
+async def _send_close_frame(ws: web.WebSocketResponse, code: int, reason: str) -> bool:
+    """Send a close frame and nothing else; False if aiohttp offers no way to.
+
+    `ws.close()` from a task other than the reader's sends the frame and then drops
+    the TCP connection at once: the peer's frames still in flight make the kernel
+    reset it, and the peer sees 1006 instead of `code`. Sending only the frame
+    (aiohttp's private `WebSocketWriter.close`) lets the reading handler receive the
+    peer's close reply, after which aiohttp ends the connection as usual.
+    """
+    writer = getattr(ws, "_writer", None)
+    send = getattr(writer, "close", None)
+    if send is None or ws.closed:
+        return False
+    await send(code, reason.encode())
+    return True
+
+
 class Connection:
     """One open websocket: its user, its subscriptions and its bounded outbox.
 
@@ -91,7 +110,8 @@ class Connection:
         self.transport = transport
         self.user_id: int = user["id"]
         self.username: str = user["username"]
-        self.token_version: int = user.get("token_version", 0)
+        # The version of the token the socket authenticated with (see Hub.close_revoked).
+        self.token_version: int = user["token_version"]
         # chat id -> None when live, or the (message id, frame) buffered during a catch-up
         self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
         # chat id -> the last message id a catch-up sent: older ones are not sent again
@@ -106,6 +126,7 @@ class Connection:
         self._room: asyncio.Event | None = None  # set when the outbox is below half full
         self._pump: asyncio.Task[None] | None = None  # running only while frames are queued
         self._closing: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()  # set by stop()
 
     def send(self, frame: str) -> None:
         """Send a frame without waiting: at once, or queued behind the frames
@@ -205,7 +226,12 @@ class Connection:
         # transport to drain cancels the drain future it shares with close().
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self.ws.close(code=code, message=reason.encode())
+                if not await _send_close_frame(self.ws, code, reason):
+                    await self.ws.close(code=code, message=reason.encode())
+                    return
+                # The handler, still reading, gets the peer's answer and ends
+                # the connection then; frames that arrive meanwhile are dropped.
+                await self._ended.wait()
         except (TimeoutError, ConnectionError, RuntimeError):
             # A peer that stopped reading never answers the close: cut it.
             if self.transport is not None:
@@ -217,8 +243,10 @@ class Connection:
             await asyncio.wait([self._closing])
 
     def stop(self) -> None:
+        """The handler is done with the socket (its read loop has ended)."""
         if self._pump is not None:
             self._pump.cancel()
+        self._ended.set()
 
 
 class Hub:
@@ -297,7 +325,7 @@ class Hub:
 
     def broadcast(self, frame: str) -> None:
         """Send a frame to every socket of this process."""
-        for conn in self.connections:
+        for conn in list(self.connections):
             conn.send(frame)
 
     # Subscriptions and fan-out
@@ -336,12 +364,28 @@ class Hub:
 
     # Closing
 
-    async def disconnect_user(self, user_id: int, code: int, reason: str) -> None:
-        """Close every socket of one user (logout)."""
-        sockets = list(self._by_user.get(user_id, ()))
-        for conn in sockets:
+    def user_ids(self) -> list[int]:
+        """The users with a socket open in this process."""
+        return list(self._by_user)
+
+    def close_revoked(self, versions: dict[int, int]) -> int:
+        """Close with 4001 each socket whose token version is not its user's current one
+        (`versions`; a user missing from it no longer exists). Returns how many."""
+        revoked = [
+            conn for conn in self.connections
+            if not conn.dropped and versions.get(conn.user_id) != conn.token_version
+        ]
+        for conn in revoked:
+            conn.close(REVOKED, "tokens revoked")
+        return len(revoked)
+
+    def disconnect_user(self, user_id: int, code: int, reason: str) -> None:
+        """Start closing every socket of one user (logout); from now on they take nothing.
+
+        Not awaited: a peer that does not answer the close must not hold up the logout.
+        """
+        for conn in list(self._by_user.get(user_id, ())):
             conn.close(code, reason)
-        await asyncio.gather(*(conn.closed() for conn in sockets))
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every socket (server shutdown)."""

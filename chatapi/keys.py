@@ -9,7 +9,7 @@ from .config import Config
 from .db import Database
 from .hub import Hub
 from .metrics import Metrics
-from .throttle import LoginThrottle
+from .throttle import Throttle
 from .writer import MessageWriter
 
 CONFIG = web.AppKey("config", Config)
@@ -20,4 +20,4 @@ BUS = web.AppKey("bus", Bus)
 WRITER = web.AppKey("writer", MessageWriter)
 # Absent when metrics are turned off.
 METRICS = web.AppKey("metrics", Metrics)
-THROTTLE = web.AppKey("throttle", LoginThrottle)
+THROTTLE = web.AppKey("throttle", Throttle)

@@ -13,6 +13,7 @@ from . import db
 from .auth import USER, authenticate, bearer_token
 from .keys import CONFIG, METRICS
 from .metrics import UNMATCHED
+from .redaction import redact
 from .validation import ApiError
 
 log = logging.getLogger(__name__)
@@ -116,17 +117,20 @@ def observe_request(request: web.Request, status: int, start: float) -> None:
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
-    """Access lines without credentials: a `token` query parameter is replaced."""
+    """Access lines without credentials: a `token` query parameter (any case) is
+    replaced, and so is anything shaped like a token anywhere in the URL."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         url = request.rel_url
-        if "token" in url.query:
-            url = url.update_query(token="REDACTED")
+        if any(key.lower() == "token" for key in url.query):
+            url = url.with_query(
+                [(k, "REDACTED" if k.lower() == "token" else v) for k, v in url.query.items()]
+            )
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %s %.6f',
             request.remote,
             request.method,
-            url,
+            redact(str(url)),
             request.version.major,
             request.version.minor,
             response.status,

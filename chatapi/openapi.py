@@ -278,7 +278,11 @@ Server to client (clients ignore types they do not know):
 
 - `{{"type": "message", "id", "chat_id", "owner_id", "username", "text", "created_at",
   "nonce"?}}`: a committed message of a subscribed chat, in increasing id order per chat.
-- `{{"type": "joined", "chat_id"}}`: answer to `join`, after the replayed messages.
+- `{{"type": "joined", "chat_id", "cursor_reset"?: true, "last_id"?: int}}`: answer to
+  `join`, after the replayed messages. `cursor_reset` and `last_id` when `since` was beyond
+  the chat's newest message: the server resumed from `last_id`, the client's new cursor.
+- `{{"type": "chat_created", "chat": {{"id", "name", "owner_id", "created_at"}}}}`: a chat
+  was created; sent to every open socket.
 - `{{"type": "left", "chat_id"}}`: answer to `leave`.
 - `{{"type": "presence", "users": [{{"user_id", "username", "is_online"}}]}}`: users who came
   online or went offline, batched (at most one such frame per socket per interval).
@@ -286,7 +290,8 @@ Server to client (clients ignore types they do not know):
   the socket stays open.
 
 Close codes: 1001 server shutting down, 1008 or 1011 too slow to keep up (more than
-{outbox_limit} frames waiting) or too many frames, 1009 frame too large, 4001 logged out. The server pings
+{outbox_limit} frames waiting) or too many frames, 1009 frame too large, 1002 client frame
+not masked, 4001 logged out or password reset (tokens revoked). The server pings
 every {heartbeat:g} seconds and drops peers that stop answering.
 """
 

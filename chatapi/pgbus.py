@@ -141,7 +141,11 @@ class PostgresBus(Bus):
         """Close (4001) this process's sockets whose token was revoked meanwhile."""
         current = await self.db.token_versions(user_ids)
         for conn in list(self.hub.connections):
-            if conn.user_id in user_ids and current.get(conn.user_id) != conn.token_version:
+            if (
+                conn.user_id in user_ids
+                and not conn.dropped
+                and current.get(conn.user_id) != conn.token_version
+            ):
                 conn.close(LOGGED_OUT, "logged out")
 
     async def announce_presence(self, user_ids: Sequence[int]) -> None:

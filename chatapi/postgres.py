@@ -21,7 +21,16 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .db import Conflict, Database, Draft, LastOwner, NotFound, Stored, Unavailable
+from .db import (
+    REVOKED,
+    Conflict,
+    Database,
+    Draft,
+    LastOwner,
+    NotFound,
+    Stored,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -293,35 +302,45 @@ class PostgresDatabase(Database):
         )
         return [{**dict(row), "is_online": bool(row["is_online"])} for row in rows]
 
-    # Failed logins, shared by every process
+    # Login attempts, shared by every process: counted before the password is checked
 
-    async def recent_login_failures(self, limits: dict[str, int], window: float) -> list[float]:
-        """For each key at or over its limit within `window` seconds: seconds until it is not."""
-        rows = await self.pool.fetch(
-            """SELECT key, count(*) AS failures,
-                      extract(epoch FROM min(failed_at) + $2 * interval '1 second' - now()) AS wait
-               FROM login_failures
-               WHERE key = ANY($1::text[]) AND failed_at > now() - $2 * interval '1 second'
-               GROUP BY key""",
-            [_text(key) for key in limits], window,
-        )
+    async def reserve_login_attempt(
+        self, limits: dict[str, int], window: float
+    ) -> tuple[list[float], list[int]]:
+        """Count an attempt against each key unless one is at its limit within `window` seconds.
+
+        Returns (seconds until each key at its limit is not, []) when refused, else
+        ([], the ids of the rows counted). Check and count are one transaction, with
+        the keys locked: attempts on several processes at once meet the same limit.
+        """
+        keys = sorted(_text(key) for key in limits)
         limit_of = {_text(key): limit for key, limit in limits.items()}
-        return [float(row["wait"]) for row in rows if row["failures"] >= limit_of[row["key"]]]
-
-    async def record_login_failure(self, keys: Sequence[str], window: float) -> None:
-        """Count a failed login against each key (forgetting failures older than the window)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            for key in keys:  # in order: two attempts never deadlock
+                await conn.execute("""SELECT pg_advisory_xact_lock(hashtext('login ' || $1))""", key)
             await conn.execute(
                 """DELETE FROM login_failures WHERE key = ANY($1::text[])
                    AND failed_at <= now() - $2 * interval '1 second'""",
-                [_text(key) for key in keys], window,
+                keys, window,
             )
-            await conn.executemany(
-                """INSERT INTO login_failures (key) VALUES ($1)""", [(_text(key),) for key in keys]
+            rows = await conn.fetch(
+                """SELECT key, count(*) AS attempts,
+                          extract(epoch FROM min(failed_at) + $2 * interval '1 second' - now())
+                              AS wait
+                   FROM login_failures WHERE key = ANY($1::text[]) GROUP BY key""",
+                keys, window,
             )
+            waits = [float(row["wait"]) for row in rows if row["attempts"] >= limit_of[row["key"]]]
+            if waits:
+                return waits, []
+            ids = await conn.fetch(
+                """INSERT INTO login_failures (key) SELECT unnest($1::text[]) RETURNING id""", keys
+            )
+        return [], [row["id"] for row in ids]
 
-    async def clear_login_failures(self, key: str) -> None:
-        await self.pool.execute("""DELETE FROM login_failures WHERE key = $1""", _text(key))
+    async def release_login_attempt(self, ids: Sequence[int]) -> None:
+        """Take back the rows of one attempt (it succeeded), and no other."""
+        await self.pool.execute("""DELETE FROM login_failures WHERE id = ANY($1::bigint[])""", list(ids))
 
     async def prune_login_failures(self, window: float) -> None:
         """Forget failures older than the window, whatever their key."""
@@ -355,6 +374,14 @@ class PostgresDatabase(Database):
         return await self.pool.fetchval(
             """SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1""", chat_id
         )
+
+    async def newest_message_id(self, chat_id: int) -> int | None:
+        row = await self.pool.fetchrow(
+            """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
+                   FROM chats WHERE id = $1""",
+            chat_id,
+        )
+        return row[0] if row else None
 
     async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
@@ -407,6 +434,58 @@ class PostgresDatabase(Database):
                 payload = f"{MESSAGES}:" + ",".join(map(str, touched))
                 await self._notify(conn, payload if len(payload) < MAX_PAYLOAD else f"{MESSAGES}:*")
         return results
+
+    # Test support
+
+    async def insert_seed(
+        self,
+        users: Sequence[tuple[str, str, str]],
+        chats: Sequence[tuple[str, int]],
+        messages: Sequence[tuple[int, int, str, str | None, str | None]],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored_users = []
+            for email, username, password_hash in users:
+                try:
+                    # A savepoint: a conflict is raised as Conflict, the outer transaction rolls back.
+                    async with conn.transaction():
+                        row = await conn.fetchrow(
+                            f"""INSERT INTO users (email, username, username_key, password_hash)
+                                    VALUES ($1, $2, $3, $4)
+                                    RETURNING {_USER_COLUMNS}""",
+                            email, username, username.casefold(), password_hash,
+                        )
+                except asyncpg.UniqueViolationError as exc:
+                    field = "email" if "email" in (exc.constraint_name or "") else "username"
+                    raise Conflict(field) from None
+                stored_users.append(dict(row))
+            stored_chats = []
+            for name, owner in chats:
+                row = await conn.fetchrow(
+                    """INSERT INTO chats (name, owner_id) VALUES ($1, $2)
+                       RETURNING id, name, owner_id, created_at, kind""",
+                    name, stored_users[owner]["id"],
+                )
+                stored_chats.append(dict(row))
+                await conn.execute(
+                    """INSERT INTO members (chat_id, user_id, role) VALUES ($1, $2, 'owner')""",
+                    row["id"], stored_users[owner]["id"],
+                )
+            stored_messages = []
+            for chat, owner, text, nonce, created_at in messages:
+                try:
+                    row = await conn.fetchrow(
+                        """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                           VALUES ($1, $2, $3, $4, COALESCE($5, to_char(
+                               now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
+                           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                        stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce,
+                        created_at,
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise Conflict("nonce") from None
+                stored_messages.append({**dict(row), "username": stored_users[owner]["username"]})
+        return stored_users, stored_chats, stored_messages
 
     # The bus between processes
 
@@ -655,14 +734,26 @@ def _text(value: str) -> str:
 async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
     if draft.chat_id not in chats:
         return Stored(None, error=f"chat {draft.chat_id} does not exist")
+    # Checked in the statement that inserts, inside the batch's transaction: a
+    # revocation committed before it (logout answered) stops the draft, and the row
+    # lock (FOR SHARE) makes a revocation wait for this batch to commit, so nothing
+    # of an old token is committed after the revocation has answered.
     row = await conn.fetchrow(
-        """INSERT INTO messages (chat_id, owner_id, text, nonce) VALUES ($1, $2, $3, $4)
+        """INSERT INTO messages (chat_id, owner_id, text, nonce)
+           SELECT $1, $2, $3, $4
+           WHERE $5::integer IS NULL OR EXISTS (
+               SELECT 1 FROM users WHERE id = $2 AND token_version = $5::integer FOR SHARE)
            ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
            RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-        draft.chat_id, draft.owner_id, draft.text, draft.nonce,
+        draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
     )
     if row is not None:
         return Stored({**dict(row), "username": draft.username}, is_new=True)
+    if draft.token_version is not None and not await conn.fetchval(
+        """SELECT 1 FROM users WHERE id = $1 AND token_version = $2""",
+        draft.owner_id, draft.token_version,
+    ):
+        return Stored(None, error=REVOKED)
     # The nonce was used: a statement of its own sees the committed original.
     original = await conn.fetchrow(
         f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id

@@ -47,8 +47,11 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
     if open_sockets >= config.max_sockets_per_user:
         raise ApiError(429, "too many open websockets for this user", headers={"Retry-After": "1"})
     ws = web.WebSocketResponse(
-        heartbeat=config.heartbeat, max_msg_size=config.max_frame, compress=False
+        # aiohttp refuses a frame of max_msg_size bytes; the contract, only larger ones.
+        heartbeat=config.heartbeat, max_msg_size=config.max_frame + 1, compress=False
     )
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "not a websocket handshake: send Upgrade: websocket")
     await ws.prepare(request)
 
     conn = Connection(
@@ -59,6 +62,8 @@ async def chat_socket(request: web.Request) -> web.WebSocketResponse:
             await record_presence(request.app, conn.user_id, True)
         budget = FrameBudget(config.frames_per_second, config.frame_burst)
         async for msg in ws:
+            if conn.dropped:
+                continue  # closing (logout, revoked, too slow): nothing more is taken from it
             if not budget.take():
                 if budget.refused > config.frame_burst:
                     conn.close(1008, "too many frames")
@@ -151,7 +156,9 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
                 "unknown frame type: expected 'message', 'join', 'leave' or 'read'"
             )
     except FrameError as exc:
-        extra = {"nonce": frame["nonce"]} if isinstance(frame.get("nonce"), str) else {}
+        nonce = frame.get("nonce")
+        # A nonce that cannot be encoded (a lone surrogate) is not echoed back.
+        extra = {"nonce": nonce} if isinstance(nonce, str) and is_utf8(nonce) else {}
         conn.send(error_frame(str(exc), **extra))
 
 
@@ -196,7 +203,7 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
     app[HUB].subscribe(chat_id, conn)
     if not was_subscribed:
         await app[BUS].follow(chat_id)
-    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce)
+    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
     stored = await app[WRITER].post(draft)
     if stored.error:
         if not was_subscribed:
@@ -212,10 +219,21 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     since = frame.get("since")
     if since is not None and not (is_int(since) and 0 <= since <= db.MAX_ID):
         raise FrameError("since must be a message id (an integer of 0 or more)")
-    if not await teams.enter_chat(app, conn.user_id, chat_id):
+    # A private chat the user is not a member of answers as an unknown chat.
+    newest = None
+    if await teams.enter_chat(app, conn.user_id, chat_id):
+        newest = await db.newest_message_id(app[DB], chat_id)
+    if newest is None:
         raise FrameError(f"chat {chat_id} does not exist")
     conn.member_of.add(chat_id)
     hub = app[HUB]
+    joined: dict[str, Any] = {"type": "joined", "chat_id": chat_id}
+    if since is not None and since > newest:
+        # A cursor beyond the chat's newest message (a restored database, a
+        # client bug) would hide every message up to it, the client's own
+        # included: resume from the newest message instead, and say so.
+        joined.update(cursor_reset=True, last_id=newest)
+        since = newest
     if since is None:
         hub.subscribe(chat_id, conn)
         await app[BUS].follow(chat_id)
@@ -238,7 +256,7 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         if conn.dropped or chat_id not in conn.subscriptions:
             return
         conn.go_live(chat_id, last_sent)
-    conn.send(json.dumps({"type": "joined", "chat_id": chat_id}))
+    conn.send(json.dumps(joined))
 
 
 def leave(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .db import Conflict, Database, Draft, LastOwner, NotFound, Stored
+from .db import REVOKED, Conflict, Database, Draft, LastOwner, NotFound, Stored
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,14 @@ class SQLiteDatabase(Database):
         )
         return rows[0][0]
 
+    async def newest_message_id(self, chat_id: int) -> int | None:
+        rows = await self.read(
+            """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
+                   FROM chats WHERE id = ?""",
+            (chat_id,),
+        )
+        return rows[0][0] if rows else None
+
     async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for chat_id, after in positions.items():
@@ -212,6 +220,57 @@ class SQLiteDatabase(Database):
             # trips cost more CPU than the inserts themselves. One writer task
             # inserts, so ids commit in increasing order.
             return await self.run_on_writer(_insert_batch, drafts)
+
+    # Test support
+
+    async def insert_seed(
+        self,
+        users: Sequence[tuple[str, str, str]],
+        chats: Sequence[tuple[str, int]],
+        messages: Sequence[tuple[int, int, str, str | None, str | None]],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        async with self.transaction() as conn:
+            stored_users = []
+            for email, username, password_hash in users:
+                try:
+                    async with conn.execute(
+                        f"""INSERT INTO users (email, username, username_key, password_hash)
+                                VALUES (?, ?, ?, ?)
+                                RETURNING {_USER_COLUMNS}""",
+                        (email, username, username.casefold(), password_hash),
+                    ) as cursor:
+                        stored_users.append(dict(await cursor.fetchone()))
+                except sqlite3.IntegrityError as exc:
+                    raise Conflict("email" if "users.email" in str(exc) else "username") from None
+            stored_chats = []
+            for name, owner in chats:
+                async with conn.execute(
+                    """INSERT INTO chats (name, owner_id) VALUES (?, ?)
+                           RETURNING id, name, owner_id, created_at, kind""",
+                    (name, stored_users[owner]["id"]),
+                ) as cursor:
+                    stored_chats.append(dict(await cursor.fetchone()))
+                await conn.execute(
+                    """INSERT INTO members (chat_id, user_id, role) VALUES (?, ?, 'owner')""",
+                    (stored_chats[-1]["id"], stored_users[owner]["id"]),
+                )
+            stored_messages = []
+            for chat, owner, text, nonce, created_at in messages:
+                try:
+                    cursor = await conn.execute(
+                    """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                           VALUES (?, ?, ?, ?,
+                                   COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))
+                           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                        (stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce,
+                         created_at),
+                    )
+                except sqlite3.IntegrityError:
+                    raise Conflict("nonce") from None
+                async with cursor:
+                    row = dict(await cursor.fetchone())
+                stored_messages.append({**row, "username": stored_users[owner]["username"]})
+        return stored_users, stored_chats, stored_messages
 
     # Teams: admins, chat kinds, members, read markers, invites
 
@@ -435,12 +494,16 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
     results = []
     for draft in drafts:
         try:
+            # Checked in the statement that inserts, inside the batch's transaction:
+            # a revocation committed before it (logout answered) stops the draft.
             rows = conn.execute(
                 """INSERT INTO messages (chat_id, owner_id, text, nonce)
-                   VALUES (?, ?, ?, ?)
+                   SELECT ?1, ?2, ?3, ?4
+                   WHERE ?5 IS NULL OR EXISTS (
+                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
                    ON CONFLICT DO NOTHING
                    RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                (draft.chat_id, draft.owner_id, draft.text, draft.nonce),
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
             ).fetchall()
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
@@ -454,13 +517,31 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         if rows:
             results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
             continue
+        if draft.token_version is not None and not _still_valid(conn, draft):
+            results.append(Stored(None, error=REVOKED))
+            continue
         (original,) = conn.execute(
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
                 WHERE m.owner_id = ? AND m.nonce = ?""",
             (draft.owner_id, draft.nonce),
         ).fetchall()
+        # The unique nonce wins over the foreign key: a repeat sent to a chat
+        # that does not exist must still be refused as such.
+        if original["chat_id"] != draft.chat_id and not conn.execute(
+            """SELECT 1 FROM chats WHERE id = ?""", (draft.chat_id,)
+        ).fetchall():
+            results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
+            continue
         results.append(Stored(dict(original)))
     return results
+
+
+def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
+    rows = conn.execute(
+        """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
+        (draft.owner_id, draft.token_version),
+    ).fetchall()
+    return bool(rows)
 
 
 def schema_sql() -> str:
@@ -470,11 +551,16 @@ def schema_sql() -> str:
 
 async def _connect(path: str) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path)
-    conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA busy_timeout = 5000")
-    # FULL: an acknowledged message survives power loss, not only a crash.
-    await conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        # FULL: an acknowledged message survives power loss, not only a crash.
+        await conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        # An unclosed connection's thread would keep the process alive forever.
+        await conn.close()
+        raise
     return conn
 
 

@@ -170,7 +170,9 @@ async def create_chat(request: web.Request) -> web.Response:
         chat = await db.create_team_chat(request.app[DB], name, kind, user["id"], members)
     except db.NotFound:
         raise invalid("members", "every member must be an existing user id") from None
-    if kind == "private":
+    if kind == "public":
+        request.app[BUS].announce_chat(chat)
+    else:
         announce_chat(request.app, chat, sorted({user["id"], *members}))
     return web.json_response(chat_json(chat), status=201)
 

@@ -1,4 +1,9 @@
-"""Sliding-window counting of failed logins, per account and per client address."""
+"""Sliding-window counting of login attempts, per account and per client address.
+
+An attempt is counted (reserved) before its password is checked and settled after:
+a failure keeps its place in the window, a success gives back only its own. So N
+guesses sent at once meet the same limit as N sent one after the other.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 class SlidingWindow:
@@ -48,61 +54,108 @@ class SlidingWindow:
             return 0
         return max(1, math.ceil(events[0] + self.window - self._clock()))
 
-    def hit(self, key: str) -> None:
+    def hit(self, key: str) -> float:
+        """Count an event for `key` now; returns its time stamp (for `forget`)."""
         events = self._recent(key)
         if events is None:
             events = self._events[key] = deque()
         self._events.move_to_end(key)
-        events.append(self._clock())
+        stamp = self._clock()
+        events.append(stamp)
         while len(self._events) > self._max_keys:
             self._events.popitem(last=False)
+        return stamp
 
-    def clear(self, key: str) -> None:
-        self._events.pop(key, None)
+    def forget(self, key: str, stamp: float) -> None:
+        """Take back one event of `key` counted at `stamp`, and no other."""
+        events = self._events.get(key)
+        if events is not None and stamp in events:
+            events.remove(stamp)
+            if not events:
+                del self._events[key]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One login attempt counted before its password is checked."""
+
+    account: str
+    address: str
+    account_stamp: float
+    address_stamp: float
+
+
+@dataclass(frozen=True)
+class SharedReservation:
+    """One login attempt counted in the shared database: the ids of its rows."""
+
+    ids: tuple[int, ...]
+
+
+class Throttle(Protocol):
+    """What the login handler needs; an implementation shared by several processes
+    (in the database) stands in for the in-memory one."""
+
+    async def reserve(self, account: str, address: str) -> Any:
+        """Count an attempt (a reservation), or return the seconds to wait as an int
+        (over the limit: nothing counted)."""
+        ...
+
+    async def settle(self, reservation: Any, ok: bool) -> None:
+        """A failed attempt stays counted; a successful one gives back its own place only."""
+        ...
 
 
 class LoginThrottle:
-    """Failed logins counted per email and per client address, in this process."""
+    """Login attempts counted per email and per client address, in this process's memory."""
 
     def __init__(self, per_account: int, per_address: int, window: float) -> None:
         self.accounts = SlidingWindow(per_account, window)
         self.addresses = SlidingWindow(per_address, window)
 
-    async def retry_after(self, email: str, address: str) -> int:
-        """Seconds until this email and address may try again; 0 when both may now."""
-        return max(self.accounts.retry_after(email), self.addresses.retry_after(address))
+    async def reserve(self, account: str, address: str) -> Reservation | int:
+        """Count an attempt, or return the seconds to wait (over the limit: nothing counted)."""
+        # Check and count with no await between: concurrent attempts cannot all
+        # pass the check before any of them is counted.
+        retry_after = max(self.accounts.retry_after(account), self.addresses.retry_after(address))
+        if retry_after:
+            return retry_after
+        return Reservation(account, address, self.accounts.hit(account), self.addresses.hit(address))
 
-    async def failed(self, email: str, address: str) -> None:
-        self.accounts.hit(email)
-        self.addresses.hit(address)
+    async def settle(self, reservation: Reservation, ok: bool) -> None:
+        """A failed attempt stays counted; a successful one gives back its own place only."""
+        if ok:
+            self.accounts.forget(reservation.account, reservation.account_stamp)
+            self.addresses.forget(reservation.address, reservation.address_stamp)
 
-    async def succeeded(self, email: str) -> None:
-        self.accounts.clear(email)
 
-
-class SharedLoginThrottle(LoginThrottle):
+class SharedLoginThrottle:
     """The same counting kept in a shared database, so that N processes do not allow
-    N times the guesses (`store` is a PostgresDatabase: its login_failures methods)."""
+    N times the guesses (`store` is a PostgresDatabase: its login attempt methods).
+
+    The check and the count are one transaction in the database, so guesses sent
+    at once to several processes meet the same limit as guesses sent in turn.
+    """
 
     def __init__(self, store: Any, per_account: int, per_address: int, window: float) -> None:
-        super().__init__(per_account, per_address, window)
         self.store = store
-        self.limits = {"account": per_account, "address": per_address}
+        self.per_account = per_account
+        self.per_address = per_address
         self.window = window
-        self._failures = 0
+        self._attempts = 0
 
-    async def retry_after(self, email: str, address: str) -> int:
-        recent = await self.store.recent_login_failures(
-            {"account:" + email: self.limits["account"], "address:" + address: self.limits["address"]},
-            self.window,
-        )
-        return max((max(1, math.ceil(wait)) for wait in recent), default=0)
-
-    async def failed(self, email: str, address: str) -> None:
-        await self.store.record_login_failure(["account:" + email, "address:" + address], self.window)
-        self._failures += 1
-        if self._failures % 1000 == 0:  # keys never tried again are forgotten too
+    async def reserve(self, account: str, address: str) -> SharedReservation | int:
+        """Count an attempt in the database, or return the seconds to wait."""
+        limits = {"account:" + account: self.per_account, "address:" + address: self.per_address}
+        waits, ids = await self.store.reserve_login_attempt(limits, self.window)
+        if waits:
+            return max(max(1, math.ceil(wait)) for wait in waits)
+        self._attempts += 1
+        if self._attempts % 1000 == 0:  # keys never tried again are forgotten too
             await self.store.prune_login_failures(self.window)
+        return SharedReservation(tuple(ids))
 
-    async def succeeded(self, email: str) -> None:
-        await self.store.clear_login_failures("account:" + email)
+    async def settle(self, reservation: SharedReservation, ok: bool) -> None:
+        """A failed attempt stays counted; a successful one gives back its own rows only."""
+        if ok:
+            await self.store.release_login_attempt(reservation.ids)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from . import db, security, teams
 from .auth import USER, public
+from .hub import REVOKED
 from .keys import CONFIG, DB, HUB, SECRET, THROTTLE
 from .validation import (
     NUL,
@@ -127,30 +128,33 @@ async def login(request: web.Request) -> web.Response:
     body = await json_object(request)
     email = string_field(body, "email", max_len=254, strip=True).lower()
     password = string_field(body, "password", max_len=128)
-    throttle, address = request.app[THROTTLE], request.remote or "unknown"
-    # Checked before bcrypt runs: a flood of guesses costs no hashing.
-    retry_after = await throttle.retry_after(email, address)
-    if retry_after:
+    # Counted before bcrypt runs: a flood of guesses costs no hashing, and guesses
+    # sent at once meet the limit as if they came one after the other.
+    reservation = await request.app[THROTTLE].reserve(email, request.remote or "unknown")
+    if isinstance(reservation, int):
         raise ApiError(
-            429, "too many failed logins: try again later", headers={"Retry-After": str(retry_after)}
+            429, "too many failed logins: try again later", headers={"Retry-After": str(reservation)}
         )
-    user = await db.user_by_email(request.app[DB], email)
-    if user is None:
-        password_hash = await in_executor(dummy_hash, request.app[CONFIG].bcrypt_rounds)
-    else:
-        password_hash = user["password_hash"]
-    matches = await in_executor(security.check_password, password, password_hash)
-    if user is None or not matches:
-        await throttle.failed(email, address)
+    ok = False
+    try:
+        user = await db.user_by_email(request.app[DB], email)
+        if user is None:
+            password_hash = await in_executor(dummy_hash, request.app[CONFIG].bcrypt_rounds)
+        else:
+            password_hash = user["password_hash"]
+        matches = await in_executor(security.check_password, password, password_hash)
+        ok = user is not None and matches
+    finally:
+        await request.app[THROTTLE].settle(reservation, ok)
+    if not ok:
         raise ApiError(401, "wrong email or password")
-    await throttle.succeeded(email)
     return web.json_response(auth_json(request, user))
 
 
 async def logout(request: web.Request) -> web.Response:
     user = request[USER]
     await db.revoke_tokens(request.app[DB], user["id"])
-    await request.app[HUB].disconnect_user(user["id"], code=4001, reason="logged out")
+    request.app[HUB].disconnect_user(user["id"], code=REVOKED, reason="logged out")
     return web.Response(status=204)
 
 

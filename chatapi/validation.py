@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import unicodedata
 from typing import Any
 
 from aiohttp import web
+
+from .keys import CONFIG
 
 
 class ApiError(Exception):
@@ -39,8 +42,13 @@ def invalid(field: str, reason: str) -> ApiError:
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or 400 (413 when over the size limit)."""
-    raw = await request.read()
+    """The request body as a JSON object, or 400 (413 when over the size limit, 408
+    when it does not arrive within the idle timeout)."""
+    try:
+        async with asyncio.timeout(request.app[CONFIG].idle_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "request body did not arrive in time") from None
     try:
         body = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting

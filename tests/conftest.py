@@ -18,7 +18,8 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -154,13 +155,18 @@ def database(backend, tmp_path) -> Iterator[str]:
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block under a README heading."""
+def readme_blocks(heading: str, language: str) -> list[str]:
+    """Every ```language block under a README heading, in order."""
     text = README.read_text()
     section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
-    assert match, f"no {language} block under {heading}"
-    return match.group(1)
+    blocks = re.findall(rf"^```{language}\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert blocks, f"no {language} block under {heading}"
+    return blocks
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block under a README heading."""
+    return readme_blocks(heading, language)[0]
 
 
 async def run_sql(location: str, statement: str, *params: Any, many: list | None = None) -> list:
@@ -305,3 +311,31 @@ async def assert_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, A
     assert isinstance(body.get("error"), str) and body["error"]
     assert set(body) <= {"error", "details"}
     return body
+
+
+@contextlib.asynccontextmanager
+async def chatapi_process(
+    tmp_path: Path,
+    preexec_fn: Callable[[], None] | None = None,
+    database: str | None = None,
+    **env: str,
+) -> AsyncIterator[tuple[str, Path]]:
+    """`python -m chatapi --port 0` on `database` (default: a file in tmp_path), with
+    production settings but bcrypt cost 4 and `env`; yields (its URL, the file its
+    stderr goes to)."""
+    stderr_path = tmp_path / "stderr"
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CHATAPI_BCRYPT_ROUNDS": "4", **env}
+    with stderr_path.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatapi", "--port", "0", "--db", database or str(tmp_path / "chat.db"),
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=environ, preexec_fn=preexec_fn,
+        )
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        assert url.startswith("http://127.0.0.1:"), stderr_path.read_text()
+        yield url, stderr_path
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)

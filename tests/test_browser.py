@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from websockets.sync.client import connect as ws_connect
 from chatapi.testing import ChatServer
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 TIMEOUT = 20_000  # ms: generous, for slow machines
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -81,7 +84,8 @@ def servers(database) -> Iterator[Servers]:
 
 
 def new_page(browser, width: int = 1100, height: int = 700):
-    context = browser.new_context(viewport={"width": width, "height": height})
+    # UTC, like the seeded timestamps: the day separators fall where the test expects them.
+    context = browser.new_context(viewport={"width": width, "height": height}, timezone_id="UTC")
     context.set_default_timeout(TIMEOUT)
     page = context.new_page()
     errors: list[str] = []
@@ -117,7 +121,10 @@ def say(page, text: str) -> None:
 
 
 def open_chat(page, name: str) -> None:
-    page.get_by_role("button", name="Refresh chats").click()
+    """Open a chat from the list (on a phone, going back to the list first if needed)."""
+    back = page.get_by_role("button", name="Back to the chat list")
+    if back.is_visible():
+        back.click()
     page.locator("#chat-list").get_by_role("button", name=name, exact=True).click()
     expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
     expect(page.get_by_label("Message")).to_be_enabled()
@@ -190,13 +197,10 @@ def test_two_people_chat_live_and_a_reload_keeps_session_and_history(browser, se
     expect(alice.locator("#user-list li.online", has_text="bob")).to_have_count(1)
     expect(bob.locator("#user-list li.online", has_text="alice")).to_have_count(1)
 
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    alice.screenshot(path=str(SCREENSHOT))
-
-    # Errors from the server are shown in place.
+    # A chat without a name is refused in place, in plain words.
     alice.get_by_label("New chat").fill("   ")
     alice.get_by_role("button", name="Create").click()
-    expect(alice.locator("#new-chat-error")).to_have_text(re.compile("empty"))
+    expect(alice.locator("#new-chat-error")).to_have_text("Type a name for the new chat first.")
 
     # A reload keeps the session, the open chat and its history (each message once).
     bob.reload()
@@ -254,15 +258,29 @@ def test_after_a_server_restart_the_page_catches_up_exactly_once(browser, server
     post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["sent meanwhile"])
     expect(alice.locator("#connection")).to_have_text("reconnecting…")
     expect(message_text(alice, "sent meanwhile")).to_have_count(0)
+    # Written while offline: shown as waiting, with a note that goes once it is delivered.
+    alice.get_by_label("Message").fill("typed while offline")
+    alice.get_by_label("Message").press("Enter")
+    waiting = alice.locator("#pending li.pending")
+    expect(waiting).to_have_count(1)
+    expect(waiting.locator(".text")).to_have_text("typed while offline")
+    expect(waiting.locator(".state")).to_have_text("waiting for the connection…")
+    expect(alice.locator("#chat-error")).to_have_text(re.compile("^Not connected: your message will be sent"))
+    expect(alice.get_by_label("Message")).to_have_value("")
 
     held_back = False
     expect(alice.locator("#connection")).to_have_text("connected")
     expect(message_text(alice, "sent meanwhile")).to_have_count(1)
+    expect(message_text(alice, "typed while offline")).to_have_count(1)
+    expect(alice.locator("#pending li")).to_have_count(0)
+    expect(alice.locator("#chat-error")).to_be_empty()
+    expect(alice.locator("#chat-error")).to_be_hidden()
     say(alice, "after the restart")
     post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["live again"])
     expect(message_text(alice, "live again")).to_have_count(1)
-    expect(messages(alice)).to_have_count(4)
-    for text in ("before the restart", "sent meanwhile", "after the restart", "live again"):
+    expect(messages(alice)).to_have_count(5)
+    texts = ("before the restart", "sent meanwhile", "typed while offline", "after the restart", "live again")
+    for text in texts:
         expect(message_text(alice, text)).to_have_count(1)
     assert alice.js_errors == []
 
@@ -292,3 +310,317 @@ def test_older_messages_load_on_scrolling_up_on_a_phone(browser, database):
         ids = phone.locator("#messages li.message").evaluate_all("els => els.map(e => +e.dataset.id)")
         assert ids == sorted(set(ids)) and len(ids) == 120
         assert phone.js_errors == []
+
+
+# ---- A long, real conversation at desktop and phone sizes --------------------------------
+
+CONVERSATION = [
+    ("bob", "Morning! Did everyone see the forecast for Saturday?"),
+    ("dana", "Sunny until 4, then showers. We should start early."),
+    ("alice", "Agreed. Meet at the station at 8:15?"),
+    ("bob", "8:15 works. I'll bring the map and the first-aid kit."),
+    ("dana", "I can do sandwiches for four. Any allergies?"),
+    ("alice", "No nuts for Sam, otherwise anything goes."),
+    ("bob", "Noted. Which trail: the ridge or the lake loop?"),
+    ("dana", "Lake loop: it is shorter if the rain comes early."),
+    ("alice", "Lake loop it is. I booked the 8:32 train, four seats."),
+    ("bob", "Perfect, thanks Alice!"),
+]
+FILLER = [
+    "Has anyone got a spare rain jacket?",
+    "The café by the station opens at 7.",
+    "I found the photos from last year's trip.",
+    "Let's vote on the route tomorrow.",
+    "Train tickets are cheaper before 9.",
+    "Sam says he can drive us back.",
+    "Don't forget sun cream, just in case.",
+    "I'll check the bus times for the way back.",
+]
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+
+
+def seed_conversation(db_path: str, chat_id: int, ids: dict[str, int], total: int) -> int:
+    """Insert `total` messages straight into the database, spread over five days up to now.
+
+    Ends with CONVERSATION; returns the number of distinct days (UTC, as the page shows them).
+    """
+    names = list(ids)
+    lines = [
+        (names[i % len(names)], f"{FILLER[i % len(FILLER)]} (#{i + 1})")
+        for i in range(total - len(CONVERSATION))
+    ] + CONVERSATION
+    when = datetime.now(UTC) - timedelta(minutes=2)
+    stamps = []
+    for i in range(len(lines)):
+        stamps.append(when)
+        # A few minutes between messages; the evening before after every 60 of them (the
+        # first one just above the newest few, so that "Today" starts on the first screen).
+        if i % 60 == 5:
+            when = (when - timedelta(days=1)).replace(hour=20, minute=40)
+        else:
+            when -= timedelta(minutes=3 + i % 5)
+    stamps.reverse()
+    rows = [
+        (chat_id, ids[name], text, stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z")
+        for (name, text), stamp in zip(lines, stamps, strict=True)
+    ]
+    with closing(sqlite3.connect(db_path, timeout=30)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO messages (chat_id, owner_id, text, created_at) VALUES (?, ?, ?, ?)", rows
+        )
+    return len({stamp.date() for stamp in stamps})
+
+
+def box_of(page, selector: str) -> dict[str, float]:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    return box
+
+
+def assert_in_viewport(page, selector: str) -> None:
+    """The element is entirely inside the window (not below the fold, not scrolled away)."""
+    box = box_of(page, selector)
+    width, height = page.viewport_size["width"], page.viewport_size["height"]
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (selector, box)
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height + 0.5, (selector, box)
+
+
+def assert_in_history_view(page, selector: str) -> None:
+    """The message is inside the visible part of the scrolling message list, and the window."""
+    assert_in_viewport(page, selector)
+    box, view = box_of(page, selector), box_of(page, "#history")
+    assert box["y"] >= view["y"] - 0.5, (selector, box, view)
+    assert box["y"] + box["height"] <= view["y"] + view["height"] + 0.5, (selector, box, view)
+
+
+def newest(page) -> str:
+    return "#messages li.message:last-child"
+
+
+def assert_app_shell(page) -> None:
+    """Only the panes scroll: the page is exactly the window, header and composer on screen."""
+    assert page.evaluate("document.scrollingElement.scrollHeight") <= page.viewport_size["height"]
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= page.viewport_size["width"]
+    assert_in_viewport(page, "header.top")
+    assert_in_viewport(page, "#composer-text")
+    assert_in_viewport(page, "#send")
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_long_chat_opens_at_the_newest_message_and_stays_usable(browser, tmp_path, size):
+    width, height = SIZES[size]
+    db_path = str(tmp_path / "web.db")
+    with ChatServer(db_path=db_path, bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000) as server:
+        bob, dana = register_api(server.url, "bob"), register_api(server.url, "dana")
+        chat = api(server.url, "POST", "/chats/create", {"name": "Weekend trip"}, token=bob["token"])
+
+        page = new_page(browser, width, height)
+        register(page, server.url, "alice")
+        alice_id = page.evaluate("fetch('/users/me', {headers: {Authorization: 'Bearer ' + "
+                                 "localStorage.getItem('chatapi.token')}}).then(r => r.json())")["id"]
+        total = 260
+        days = seed_conversation(
+            db_path, chat["id"], {"bob": bob["id"], "dana": dana["id"], "alice": alice_id}, total
+        )
+        assert days >= 4
+
+        # Back later, with the session kept; then a chat created by someone else appears
+        # without a reload (and nothing polls).
+        page.reload()
+        expect(page.locator("#connection")).to_have_text("connected")
+        expect(page.locator("#chat-list .chat-link")).to_have_count(1)
+        api(server.url, "POST", "/chats/create", {"name": "Book club"}, token=dana["token"])
+        expect(page.locator("#chat-list").get_by_role("button", name="Book club")).to_be_visible()
+
+        # Keyboard only: the first Tab is the skip link, which leads to something on screen.
+        page.keyboard.press("Tab")
+        skip = page.locator("#skip")
+        expect(skip).to_be_focused()
+        expect(skip).to_have_text("Skip to the chat list")
+        assert_in_viewport(page, skip.get_attribute("href"))
+        page.keyboard.press("Enter")
+        expect(page.locator("#chat-list").get_by_role("button", name="Weekend trip")).to_be_focused()
+        page.keyboard.press("Enter")
+        # Focus lands in the composer: typing goes straight into the message box.
+        expect(page.get_by_label("Message")).to_be_focused()
+        expect(page.get_by_role("heading", name="Weekend trip")).to_be_visible()
+        expect(messages(page)).to_have_count(50)
+        expect(message_text(page, CONVERSATION[-1][1])).to_be_visible()
+        if size == "phone":
+            expect(page.locator("#chat-list")).to_be_hidden()  # the conversation is its own screen
+            expect(page.get_by_role("button", name="Back to the chat list")).to_be_visible()
+        assert_app_shell(page)
+        assert_in_history_view(page, newest(page))
+        # Day separators, and full dates on the timestamps.
+        expect(page.locator("#messages li.day").last).to_have_text("Today")
+        assert re.search(r"\d{4}", page.locator(newest(page) + " time").get_attribute("title"))
+
+        page.keyboard.type("See you all at 8:15 then!")
+        page.keyboard.press("Enter")
+        expect(message_text(page, "See you all at 8:15 then!")).to_have_count(1)
+        expect(page.locator("#pending li")).to_have_count(0)
+        expect(page.locator(newest(page) + " .text")).to_have_text("See you all at 8:15 then!")
+        assert_app_shell(page)
+        assert_in_history_view(page, newest(page))
+
+        # A new arrival while at the bottom: the list follows it.
+        post_over_websocket(server.ws_url, dana["token"], chat["id"], ["Great, I'll bring the thermos too."])
+        expect(page.locator(newest(page) + " .text")).to_have_text("Great, I'll bring the thermos too.")
+        assert_app_shell(page)
+        assert_in_history_view(page, newest(page))
+        expect(page.locator("#jump")).to_be_hidden()
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS / f"screenshot-{size}.png"))
+
+        # Scrolled up to read: a new arrival does not pull the reader down, a button offers it.
+        history = page.locator("#history")
+        history.evaluate("box => box.scrollTop = box.scrollHeight / 2")
+        reading = page.evaluate(
+            """() => {
+                const view = document.getElementById('history').getBoundingClientRect();
+                const el = [...document.querySelectorAll('#messages li.message')]
+                    .find(e => e.getBoundingClientRect().top >= view.top);
+                return el.dataset.id;
+            }"""
+        )
+        reading_top = box_of(page, f'#messages li[data-id="{reading}"]')["y"]
+        post_over_websocket(server.ws_url, bob["token"], chat["id"], ["Who has the tickets?"])
+        expect(message_text(page, "Who has the tickets?")).to_have_count(1)
+        jump = page.get_by_role("button", name="New messages")
+        expect(jump).to_be_visible()
+        assert box_of(page, f'#messages li[data-id="{reading}"]')["y"] == pytest.approx(reading_top, abs=1)
+        assert box_of(page, newest(page))["y"] > box_of(page, "#history")["y"] + box_of(page, "#history")["height"]
+        jump.click()
+        expect(jump).to_be_hidden()
+        assert_in_history_view(page, newest(page))
+
+        # Reaching the top loads the page before, and the message on screen stays put.
+        loaded = 53
+        while loaded < total + 3:
+            top_id = page.locator("#messages li.message").first.get_attribute("data-id")
+            # Measured in the same task as the scroll, before the page can react to it.
+            before = history.evaluate(
+                """(box, id) => {
+                    box.scrollTop = 0;
+                    return document.querySelector(`#messages li[data-id="${id}"]`)
+                        .getBoundingClientRect().top;
+                }""",
+                top_id,
+            )
+            loaded = min(loaded + 50, total + 3)
+            expect(messages(page)).to_have_count(loaded)
+            after = box_of(page, f'#messages li[data-id="{top_id}"]')
+            assert after["y"] == pytest.approx(before, abs=2), "the view jumped"
+            assert_in_history_view(page, f'#messages li[data-id="{top_id}"]')
+            assert_app_shell(page)
+        expect(page.get_by_text("This is the start of the chat.")).to_be_visible()
+        expect(page.get_by_role("button", name="Load older messages")).to_be_hidden()
+        ids = page.locator("#messages li.message").evaluate_all("els => els.map(e => +e.dataset.id)")
+        assert ids == sorted(set(ids)) and len(ids) == total + 3
+        expect(page.locator("#messages li.day")).to_have_count(days)
+        expect(page.locator("#messages li.day").nth(days - 2)).to_have_text("Yesterday")
+
+        if size == "phone":
+            # Back to the list, and into another chat: the composer is in view again.
+            page.get_by_role("button", name="Back to the chat list").click()
+            expect(page.locator("#chat-list")).to_be_visible()
+            assert_in_viewport(page, '#chat-list [aria-current="true"]')
+            page.locator("#chat-list").get_by_role("button", name="Book club").click()
+            expect(page.get_by_label("Message")).to_be_focused()
+            assert_app_shell(page)
+        assert page.js_errors == []
+
+
+def test_registration_shows_every_problem_at_once_in_plain_words(browser, servers):
+    register_api(servers.url, "taken")
+    page = new_page(browser, 390, 844)
+    page.goto(servers.url + "/")
+    # The first Tab is a skip link to a field on screen.
+    page.keyboard.press("Tab")
+    expect(page.locator("#skip")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#login-form").get_by_label("Email")).to_be_focused()
+
+    form = page.locator("#reg-form")
+    email, username, password = (form.get_by_label(name) for name in ("Email", "Username", "Password"))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#reg-email-error")).to_have_text("Enter your email address.")
+    expect(page.locator("#reg-username-error")).to_have_text("Choose a username.")
+    expect(page.locator("#reg-password-error")).to_have_text("Choose a password.")
+    expect(page.locator("#reg-error")).to_have_text("Please fix the 3 problems marked above.")
+    expect(email).to_be_focused()
+    expect(email).to_have_attribute("aria-invalid", "true")
+
+    email.fill("not an email")
+    username.fill("al")
+    password.fill("short")
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#reg-email-error")).to_have_text(re.compile("^This does not look like an email address"))
+    expect(page.locator("#reg-username-error")).to_have_text("Use at least 3 characters for the username.")
+    expect(page.locator("#reg-password-error")).to_have_text("Use at least 8 characters for the password.")
+    assert not [url for url in requests if "/auth/" in url]  # nothing was sent
+
+    # Fixing a field clears its mark; the server's refusal lands at the field it names.
+    email.fill("TAKEN@example.com")
+    expect(page.locator("#reg-email-error")).to_be_empty()
+    username.fill("someone new")
+    password.fill("a long enough password")
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#reg-email-error")).to_have_text(
+        "An account with this email already exists. Log in instead?"
+    )
+    expect(page.locator("#reg-username-error")).to_be_empty()
+    expect(page.locator("#reg-password-error")).to_be_empty()
+    expect(email).to_be_focused()
+    assert "email:" not in page.locator("#reg-form").inner_text()
+
+    username.fill("Taken")
+    email.fill("new@example.com")
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#reg-username-error")).to_have_text("This username is taken; choose another one.")
+    username.fill("newcomer")
+    form.get_by_role("button", name="Register").click()
+    expect(page.locator("#me-name")).to_have_text("newcomer")
+    assert page.js_errors == []
+
+
+def test_a_refused_message_is_marked_and_can_be_edited_and_sent_again(browser, servers):
+    page = new_page(browser)
+
+    def route_socket(ws) -> None:
+        # The server refuses the first message that says "refuse me" (as it would refuse
+        # one over its limits): the test answers for it with the server's error frame.
+        server = ws.connect_to_server()
+        refused: list[str] = []
+
+        def from_page(raw) -> None:
+            frame = json.loads(raw)
+            if "refuse me" in frame.get("text", "") and not refused:
+                refused.append(frame["nonce"])
+                ws.send(json.dumps({"type": "error", "error": "text is too long", "nonce": frame["nonce"]}))
+            else:
+                server.send(raw)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/chats/ws"), route_socket)
+    register(page, servers.url, "alice")
+    page.get_by_label("New chat").fill("notes")
+    page.get_by_role("button", name="Create").click()
+    expect(page.get_by_label("Message")).to_be_focused()
+    page.keyboard.type("please refuse me")
+    page.keyboard.press("Enter")
+    failed = page.locator("#pending li.failed")
+    expect(failed.locator(".state")).to_have_text("not sent: text is too long")
+    expect(failed.locator(".text")).to_have_text("please refuse me")
+    expect(messages(page)).to_have_count(0)
+    failed.get_by_role("button", name="Edit and resend").click()
+    expect(page.get_by_label("Message")).to_have_value("please refuse me")
+    expect(page.get_by_label("Message")).to_be_focused()
+    expect(page.locator("#pending li")).to_have_count(0)
+    page.keyboard.press("Enter")
+    expect(message_text(page, "please refuse me")).to_have_count(1)
+    expect(page.locator("#chat-error")).to_be_hidden()
+    assert page.js_errors == []

@@ -6,27 +6,24 @@ import pytest
 from conftest import connect, create_chat, next_frame
 
 from chatapi import create_app
-from chatapi.keys import BUS
 
 
-async def test_an_event_frame_reaches_every_socket_once(aiohttp_client, config, register):
+async def test_a_created_chat_is_announced_to_every_socket_once(aiohttp_client, config, register):
     """On SQLite within one application; on PostgreSQL across two (as across processes)."""
     first = await aiohttp_client(create_app(config))
     second = await aiohttp_client(create_app(config)) if config.db_path.startswith("postgres") else first
     alice, bob = await register(first, "alice"), await register(second, "bob")
     here, there = await connect(first, alice), await connect(second, bob)
-    chat = await create_chat(first, alice, "events")
-    await here.send_json({"type": "join", "chat_id": chat})
-    await there.send_json({"type": "join", "chat_id": chat})
-    assert (await next_frame(here))["type"] == "joined"
-    assert (await next_frame(there))["type"] == "joined"
-
-    first.app[BUS].broadcast({"type": "chat_created", "chat": {"id": chat, "name": "events"}})
+    resp = await first.post("/chats/create", json={"name": "events"}, headers=alice.headers)
+    assert resp.status == 201
+    created = await resp.json()
     for ws in (here, there):
-        frame = await next_frame(ws)
-        assert frame == {"type": "chat_created", "chat": {"id": chat, "name": "events"}}
-    # Exactly once: the next frame on each socket is the next message, not a repeat.
-    await here.send_json({"chat_id": chat, "text": "after"})
+        assert await next_frame(ws) == {"type": "chat_created", "chat": created}
+    # Exactly once: the next frame on each socket is the answer to its join, not a repeat.
+    for ws in (here, there):
+        await ws.send_json({"type": "join", "chat_id": created["id"]})
+        assert (await next_frame(ws))["type"] == "joined"
+    await here.send_json({"chat_id": created["id"], "text": "after"})
     for ws in (here, there):
         assert (await next_frame(ws))["text"] == "after"
 

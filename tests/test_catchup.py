@@ -7,7 +7,7 @@ import random
 
 import aiohttp
 import pytest
-from conftest import assert_error, connect, create_chat, next_frame
+from conftest import assert_error, connect, create_chat, next_frame, no_frame
 
 from chatapi import create_app
 
@@ -251,3 +251,79 @@ async def test_logout_revokes_every_token_and_closes_sockets_with_4001(client, r
 
 async def test_logout_needs_a_token(client):
     await assert_error(await client.post("/auth/logout"), 401)
+
+
+async def join_and_collect(ws, chat: int, since: int) -> tuple[list[dict], dict]:
+    """Join with `since`; the replayed message frames and the `joined` frame."""
+    await ws.send_json({"type": "join", "chat_id": chat, "since": since})
+    replayed = []
+    while (frame := await next_frame(ws))["type"] != "joined":
+        replayed.append(frame)
+    return replayed, frame
+
+
+async def check_cursor_cases(client, alice, bob, chat: int, newest: int) -> None:
+    """since above the newest id, equal to it, and 0: no socket misses a later message."""
+    total = len(await history(client, alice, chat))
+    ws_a = await connect(client, alice)
+    # A cursor from the future: reset to the newest id, and said so.
+    ahead = await connect(client, bob)
+    replayed, joined = await join_and_collect(ahead, chat, newest + 1000)
+    assert replayed == []
+    assert joined == {"type": "joined", "chat_id": chat, "cursor_reset": True, "last_id": newest}
+    # Exactly the newest id: nothing to replay, no reset.
+    level = await connect(client, bob)
+    replayed, joined = await join_and_collect(level, chat, newest)
+    assert (replayed, joined) == ([], {"type": "joined", "chat_id": chat})
+    # 0: the whole history, then live.
+    start = await connect(client, bob)
+    replayed, joined = await join_and_collect(start, chat, 0)
+    assert len(replayed) == total and joined == {"type": "joined", "chat_id": chat}
+
+    # The socket that sent the future cursor gets its own acknowledgement...
+    await ahead.send_json({"chat_id": chat, "text": "from the future", "nonce": "f1"})
+    own = await next_frame(ahead, "message")
+    assert (own["text"], own["nonce"]) == ("from the future", "f1")
+    assert own["id"] > newest
+    # ...and every socket gets every later message, once.
+    later = await post(ws_a, chat, "after the join")
+    for ws in (ahead, level, start):
+        received = [await next_frame(ws, "message") for _ in range(1 if ws is ahead else 2)]
+        assert [m["text"] for m in received][-1] == "after the join"
+        assert [m["id"] for m in received] == sorted({m["id"] for m in received})
+    assert later["id"] > own["id"]
+    for ws in (ahead, level, start, ws_a):
+        await no_frame(ws, 0.2)
+        await ws.close()
+
+
+async def test_since_beyond_the_newest_message_resets_the_cursor(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    newest = [(await post(ws, chat, f"m{n}"))["id"] for n in range(3)][-1]
+    await ws.close()
+    await check_cursor_cases(client, alice, bob, chat, newest)
+
+
+async def test_since_beyond_an_empty_chat_resets_to_zero(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, bob)
+    replayed, joined = await join_and_collect(ws, chat, 5)
+    assert replayed == []
+    assert joined == {"type": "joined", "chat_id": chat, "cursor_reset": True, "last_id": 0}
+    await ws.send_json({"chat_id": chat, "text": "first", "nonce": "n"})
+    assert (await next_frame(ws, "message"))["text"] == "first"
+
+
+async def test_since_cases_after_a_server_restart(aiohttp_client, config, register):
+    first = await aiohttp_client(create_app(config))
+    alice, bob = await register(first, "alice"), await register(first, "bob")
+    chat = await create_chat(first, alice)
+    ws = await connect(first, alice)
+    newest = [(await post(ws, chat, f"m{n}"))["id"] for n in range(3)][-1]
+    await first.server.close()
+
+    second = await aiohttp_client(create_app(config))
+    await check_cursor_cases(second, alice, bob, chat, newest)

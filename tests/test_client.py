@@ -179,10 +179,10 @@ async def test_send_and_receive_between_two_clients(client, accounts):
     async with alice.connect() as sender, bob.connect() as receiver:
         await receiver.join(chat)
         assert await next_of(receiver, "joined") == {"type": "joined", "chat_id": chat}
-        assert await sender.send(chat, "hello bob", nonce="n-1") is None
-        ack = await next_of(sender, "message")
+        stored = await sender.send(chat, "hello bob", nonce="n-1")
+        ack = await next_of(sender, "message")  # the acknowledgement is passed on too
         received = await next_of(receiver, "message")
-    assert ack == received
+    assert stored == ack == received
     assert ack["text"] == "hello bob" and ack["nonce"] == "n-1" and ack["username"] == "alice"
     assert [m["id"] for m in await bob.messages(chat)] == [ack["id"]]
 
@@ -199,6 +199,21 @@ async def test_join_with_since_replays_then_goes_live(client, accounts):
         assert [f["type"] for f in frames] == ["message"]
         assert (await next_of(receiver, "joined"))["chat_id"] == chat
         assert receiver.last_ids == {chat: frames[0]["id"]}
+
+
+async def test_a_cursor_beyond_the_chat_is_reset_and_nothing_later_is_dropped(client, accounts):
+    url = url_of(client)
+    alice, bob = await accounts(url, "alice"), await accounts(url, "bob")
+    chat = (await alice.create_chat("general"))["id"]
+    async with alice.connect() as sender, bob.connect() as receiver:
+        newest = (await post(sender, chat, "one", "n1"))["id"]
+        await receiver.join(chat, since=newest + 10_000)  # say, a database restored from backup
+        joined = await next_of(receiver, "joined")
+        assert (joined["cursor_reset"], joined["last_id"]) == (True, newest)
+        assert receiver.last_ids == {chat: newest}
+        await post(sender, chat, "two", "n2")
+        frames = await collect_until(receiver, chat, "two")
+        assert [f["text"] for f in frames if f["type"] == "message"] == ["two"]
 
 
 async def test_join_without_since_starts_from_now(client, accounts):
@@ -233,7 +248,8 @@ async def test_a_repeated_nonce_is_not_delivered_twice(client, accounts):
     chat = (await alice.create_chat("general"))["id"]
     async with alice.connect() as session:
         first = await post(session, chat, "once", "n1")
-        await session.send(chat, "once", nonce="n1")  # the server answers with the original
+        # The server answers with the original, which send() returns but does not pass on.
+        assert await session.send(chat, "once", nonce="n1") == first
         await session.send(chat, "end", nonce="n2")
         frames = await collect_until(session, chat, "end")
     assert [f["nonce"] for f in frames] == ["n2"]
@@ -241,13 +257,66 @@ async def test_a_repeated_nonce_is_not_delivered_twice(client, accounts):
     assert stored == [first["id"], frames[0]["id"]]
 
 
-async def test_error_frames_are_passed_on(client, accounts):
+async def test_a_refused_message_raises_and_its_error_frame_is_passed_on(client, accounts):
     alice = await accounts(url_of(client), "alice")
     chat = (await alice.create_chat("general"))["id"]
     async with alice.connect() as session:
-        await session.send(chat, "   ", nonce="blank")
+        with pytest.raises(ChatAPIError) as raised:
+            await session.send(chat, "   ", nonce="blank")
         error = await next_of(session, "error")
+    assert raised.value.status == 400 and "white space" in raised.value.message
     assert error["nonce"] == "blank" and "white space" in error["error"]
+
+
+async def test_send_returns_the_stored_message_with_a_generated_nonce(client, accounts):
+    url = url_of(client)
+    alice, bob = await accounts(url, "alice"), await accounts(url, "bob")
+    chat = (await alice.create_chat("general"))["id"]
+    async with alice.connect() as first, alice.connect() as second:
+        sent = await asyncio.gather(*(
+            session.send(chat, f"{name} {n}")
+            for n in range(5) for name, session in (("first", first), ("second", second))
+        ))
+    history = await bob.messages(chat)
+    assert sorted(sent, key=lambda m: m["id"]) == [{"type": "message", **m} for m in history]
+    assert [m["text"] for m in sent] == [f"{name} {n}" for n in range(5)
+                                         for name in ("first", "second")]
+    assert len({m["nonce"] for m in sent}) == 10
+
+
+async def test_send_is_not_acknowledged_by_another_users_message_with_its_nonce(client, accounts):
+    url = url_of(client)
+    alice, bob = await accounts(url, "alice"), await accounts(url, "bob")
+    alice_id = (await alice.me())["id"]
+    chat = (await alice.create_chat("general"))["id"]
+    async with alice.connect(backoff=2.0, max_backoff=2.0) as alices, bob.connect() as bobs:
+        await alices.join(chat)
+        await next_of(alices, "joined")
+        (await new_socket(client.app[HUB], alice_id, set())).transport.abort()
+        await wait_for(lambda: not alices.connected)
+        # Alice's send waits for the reconnection; its rejoin replays Bob's message,
+        # which carries the same nonce, before Alice's own acknowledgement arrives.
+        sending = asyncio.create_task(alices.send(chat, "alice's", nonce="same"))
+        bobs_message = await bobs.send(chat, "bob's", nonce="same")
+        assert not alices.connected
+        async with asyncio.timeout(TIMEOUT):
+            alices_message = await sending
+    assert bobs_message["username"] == "bob" and alices_message["username"] == "alice"
+    assert alices_message["id"] > bobs_message["id"]
+
+
+async def test_a_server_that_is_down_raises_chatconnectionerror(aiohttp_server, config):
+    server = await aiohttp_server(create_app(config))
+    url = url_of(server)
+    await server.close()
+    async with ChatClient(url, token="whatever") as api:
+        with pytest.raises(ChatConnectionError, match="could not reach"):
+            await api.register("a@example.com", "alice", "password-1")
+        with pytest.raises(ChatConnectionError, match="could not reach"):
+            await api.messages(1)
+        with pytest.raises(ChatConnectionError, match="could not reach"):
+            async with api.connect():
+                pass
 
 
 async def test_joining_an_unknown_chat_raises_404(client, accounts):

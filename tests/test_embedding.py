@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from conftest import POSTGRES_URL, readme_block
+from conftest import POSTGRES_URL, readme_block, readme_blocks
 
-from chatapi.testing import ChatServer
+from chatapi.client import ChatAPIError
+from chatapi.testing import ChatServer, SeedError
 
 pytest_plugins = ["pytester"]
 
@@ -75,10 +76,15 @@ def test_chat_server_reports_a_failed_start(tmp_path):
 
 
 def test_downstream_suite_uses_only_the_installed_plugin(pytester):
-    # The README's example module, run by a separate pytest in a temporary directory.
-    pytester.makepyfile(test_downstream=readme_block("Use it in your tests", "python"))
+    # README's example modules, run by a separate pytest in a temporary directory
+    # (tests/test_first_hour.py runs them in a fresh venv with the built wheel).
+    example, shared = readme_blocks("Use it in your tests", "python")
+    pytester.makepyfile(test_example=example, test_shared=shared, test_again=(
+        "def test_alice_again(chatapi_user):\n"
+        "    assert chatapi_user('alice')['id'] == 1\n"
+    ))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=5)
 
 
 def test_fixtures_are_listed_with_their_docs(pytester):
@@ -86,10 +92,92 @@ def test_fixtures_are_listed_with_their_docs(pytester):
     result = pytester.runpytest_subprocess("--fixtures")
     result.stdout.fnmatch_lines([
         "*chatapi_server* -- *pytest_plugin.py*",
-        "*real ChatAPI server in a background thread*",
+        "*real ChatAPI server of this test alone*",
         "*chatapi_user* -- *pytest_plugin.py*",
-        "*registers a fresh user*",
+        "*registers a user on*",
     ])
+
+
+def test_register_raises_with_the_servers_reason():
+    with ChatServer(bcrypt_rounds=4) as server:
+        user = server.register("Named User")
+        assert user["username"] == "Named User" and user["email"] == "named-user@example.com"
+        assert http(server.url + "/users/me", token=user["token"])[1]["id"] == user["id"]
+        with pytest.raises(ChatAPIError) as taken:
+            server.register("NAMED USER", email="other@example.com")
+        assert (taken.value.status, str(taken.value)) == (
+            409, "409: username already taken {'username': 'already taken'}")
+        with pytest.raises(ChatAPIError) as short:
+            server.register("bob", password="short")
+        assert short.value.status == 400
+        assert short.value.details == {"password": "must be at least 8 characters"}
+        assert [u["username"] for u in http(server.url + "/users/", token=user["token"])[1]] == [
+            "Named User"]
+
+
+SEED = {
+    "users": ["alice", {"username": "Bob B.", "password": "battery staple"}],
+    "chats": ["general", {"name": "random", "owner": "Bob B."}],
+    "messages": [
+        {"chat": "general", "user": "alice", "text": "first", "created_at": "2026-01-01T09:00:00Z"},
+        {"chat": "general", "user": "Bob B.", "text": "second", "nonce": "n-1",
+         "created_at": "2026-01-01T10:00:00.5+01:00"},
+        {"chat": "random", "user": "alice", "text": "now"},
+    ],
+}
+
+
+async def test_seed_stores_everything_with_tokens_the_server_accepts():
+    async with ChatServer(bcrypt_rounds=4) as server:
+        seeded = server.seed(**SEED)
+        alice, bob = seeded.users["alice"], seeded.users["Bob B."]
+        assert alice["email"] == "alice@example.com" and bob["email"] == "bob-b@example.com"
+        general, random_ = seeded.chats["general"], seeded.chats["random"]
+        assert (general["owner_id"], random_["owner_id"]) == (alice["id"], bob["id"])
+        assert [m["created_at"] for m in seeded.messages[:2]] == [
+            "2026-01-01T09:00:00.000Z", "2026-01-01T09:00:00.500Z"]
+        assert http(f"{server.url}/chats/messages?id={general['id']}",
+                    token=bob["token"]) == (200, seeded.messages[:2])
+        assert http(f"{server.url}/chats/messages?id={random_['id']}",
+                    token=alice["token"]) == (200, seeded.messages[2:])
+        login = {"email": "bob-b@example.com", "password": "battery staple"}
+        assert http(server.url + "/auth/login", "POST", login)[0] == 200
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            server.ws_url, params={"token": alice["token"]}
+        ) as ws:  # a pre-issued token opens a websocket too
+            await ws.send_json({"type": "join", "chat_id": general["id"], "since": 0})
+            frames = [await ws.receive_json(timeout=10) for _ in range(3)]
+        replayed = [f for f in frames if f["type"] == "message"]
+        assert [f["text"] for f in replayed] == ["first", "second"]
+
+
+@pytest.mark.parametrize("seed, error", [
+    ({"users": ["al"]}, "users[0]: username: must be at least 3 characters"),
+    ({"users": ["alice", "ALICE"]}, "users: username already taken"),
+    ({"chats": ["general"]}, "chats[0]: a chat needs an owner"),
+    ({"users": ["alice"], "chats": ["x", "x"]}, "chats[1]: two chats named 'x'"),
+    ({"users": ["alice"], "chats": [{"name": "x", "owner": "bob"}]},
+     "chats[0].owner: no user 'bob' in this seed"),
+    ({"users": ["alice"], "chats": ["x"], "messages": [{"chat": "y", "user": "alice", "text": "t"}]},
+     "messages[0].chat: no chat 'y'"),
+    ({"users": ["alice"], "chats": ["x"], "messages": [{"chat": "x", "user": "alice", "text": " "}]},
+     "messages[0]: text must be a string"),
+    ({"users": ["alice"], "chats": ["x"],
+      "messages": [{"chat": "x", "user": "alice", "text": "t", "created_at": "2026-01-01 09:00"}]},
+     "messages[0].created_at: expected an ISO 8601 time with a time zone"),
+    ({"users": ["alice"], "chats": ["x"],
+      "messages": [{"chat": "x", "user": "alice", "text": "t", "nonce": "n"}] * 2},
+     "messages: a user used the same nonce twice"),
+])
+def test_bad_seed_data_names_the_entry_and_stores_nothing(seed, error):
+    with ChatServer(bcrypt_rounds=4) as server:
+        with pytest.raises(SeedError, match=re.escape(error)):
+            server.seed(**seed)
+        seeded = server.seed(users=["alice"], chats=["x"])  # nothing of the bad seed is left
+        assert seeded.users["alice"]["id"] == 1  # a failed seed is rolled back whole
+        token = seeded.users["alice"]["token"]
+        assert [u["username"] for u in http(server.url + "/users/", token=token)[1]] == ["alice"]
+        assert [c["name"] for c in http(server.url + "/chats/", token=token)[1]] == ["x"]
 
 
 def test_the_plugin_can_be_turned_off(pytester):
@@ -134,11 +222,13 @@ def test_admin_commands_from_the_readme_while_the_server_runs(tmp_path):
         status, chat = http(server.url + "/chats/create", "POST", {"name": "ops"}, owner["token"])
         assert chat["id"] == 1
 
+        # As written: in the directory of README's first command, with its .venv there.
+        (tmp_path / ".venv").symlink_to(BIN.parent)
         for line in readme_block("Operate it", "sh").strip().splitlines():
-            env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env,
-                                  capture_output=True, text=True, timeout=60, check=False)
+            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=60, check=False)
             assert done.returncode == 0, (line, done.stderr)
+            assert done.stderr == f"chatapi: using database {database}\n"
 
         # create-user, then reset-password: only the second passphrase logs in.
         login = {"email": "admin@example.com", "password": "another passphrase"}
@@ -153,6 +243,8 @@ def test_admin_commands_from_the_readme_while_the_server_runs(tmp_path):
 
 def test_create_user_rejects_bad_input_with_one_line(database):
     db = database
+    with ChatServer(db_path=db, bcrypt_rounds=4):
+        pass  # admin commands work on the database a server created
     done = run_cli("--db", db, "create-user", "--email", "a@example.com", "--username", "al",
                    stdin="password1\n")
     assert done.returncode != 0 and "username" in done.stderr and "Traceback" not in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -121,3 +122,22 @@ async def test_a_client_vanishing_during_a_long_catch_up_is_cleaned_up(database)
                 break
             await asyncio.sleep(0.02)
         assert not await online()
+
+
+async def test_a_body_that_never_finishes_gets_408(aiohttp_client, config):
+    client = await aiohttp_client(create_app(config.replace(idle_timeout=1.0)))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"email": '
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    assert head.startswith(b"HTTP/1.1 408"), head
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await asyncio.wait_for(reader.readexactly(length), 30)
+    assert json.loads(body) == {"error": "request body did not arrive in time"}
+    writer.close()
+    await writer.wait_closed()

@@ -208,7 +208,8 @@ async def test_a_socket_dropped_as_slow_is_counted_once():
     metrics = Metrics()
     ws = StalledSocket()
     # The pump is not started: queued frames pile up as for a peer that never reads.
-    conn = Connection(ws, None, {"id": 1, "username": "idle"}, limit=2, metrics=metrics)
+    user = {"id": 1, "username": "idle", "token_version": 0}
+    conn = Connection(ws, None, user, limit=2, metrics=metrics)
     for n in range(5):
         conn.send(f"frame {n}")
     await conn.closed()
@@ -219,7 +220,7 @@ async def test_a_socket_dropped_as_slow_is_counted_once():
 
 async def test_a_catch_up_that_overflows_is_counted_as_slow():
     metrics = Metrics()
-    user = {"id": 1, "username": "idle"}
+    user = {"id": 1, "username": "idle", "token_version": 0}
     conn = Connection(StalledSocket(), None, user, limit=2, metrics=metrics)
     conn.subscriptions[7] = []  # catching up: live messages are buffered
     for message_id in range(1, 6):
@@ -232,7 +233,8 @@ async def test_a_catch_up_that_overflows_is_counted_as_slow():
 
 async def test_a_socket_closed_for_another_reason_is_not_counted():
     metrics = Metrics()
-    conn = Connection(StalledSocket(), None, {"id": 1, "username": "u"}, limit=2, metrics=metrics)
+    user = {"id": 1, "username": "u", "token_version": 0}
+    conn = Connection(StalledSocket(), None, user, limit=2, metrics=metrics)
     conn.close(4001, "logged out")
     for n in range(5):
         conn.send(f"frame {n}")

@@ -18,11 +18,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import pytest
-from conftest import readme_block
+from conftest import POSTGRES_URL, readme_block
 from test_faults import (
     HTTP_TIMEOUT,
     WS_TIMEOUT,
@@ -279,12 +280,16 @@ async def test_a_terminated_listener_reconnects_and_no_subscriber_misses_a_messa
 
 
 def _local_cluster() -> tuple[str, str] | None:
+    """(version, name) of the local cluster the test database is on (its port), if online."""
     if os.geteuid() != 0 or shutil.which("pg_lsclusters") is None:
         return None
+    port = str(urlsplit(POSTGRES_URL).port or 5432)
     lines = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True,
-                           check=False).stdout.split("\n")
-    fields = lines[0].split() if lines and lines[0] else []
-    return (fields[0], fields[1]) if len(fields) > 3 and fields[3] == "online" else None
+                           check=False).stdout.splitlines()
+    for fields in (line.split() for line in lines):
+        if len(fields) > 3 and fields[2] == port and fields[3] == "online":
+            return fields[0], fields[1]
+    return None
 
 
 async def test_postgres_restarted_under_load_every_process_recovers(cluster):

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import jwt
 import pytest
-from conftest import assert_error
+from conftest import assert_error, chatapi_process
 
 from chatapi.keys import SECRET
 from chatapi.testing import ChatServer
@@ -111,3 +111,57 @@ async def test_query_token_is_redacted_from_access_lines(caplog, database):
     assert any("/chats/ws?token=REDACTED" in line for line in lines), lines
     assert any("/users/me?token=REDACTED" in line for line in lines), lines
     assert not any(token in line for line in lines)
+
+
+async def raw_request(url: str, request: str) -> bytes:
+    """Send `request` as it is, byte for byte; the server's whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request.encode("latin-1"))
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+MALFORMED = {
+    "junk after the version": "GET /chats/ws?token={t} HTTP/1.1 junk\r\nHost: x\r\n\r\n",
+    "control character in the query": "GET /chats/ws?token={t}\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "unknown method": "BREW /chats/ws?token={t} HTTP/1.1\r\nHost: x\r\n\r\n",
+    "token in a bad header": "GET /users/me HTTP/1.1\r\nHost: x\r\nBad Header: {t}\r\n\r\n",
+    "line too long": "GET /users/me?token={t}&pad=" + "x" * 9000 + " HTTP/1.1\r\n\r\n",
+}
+WELL_FORMED = {
+    "misspelt parameter": "GET /users/me?TOKEN={t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "mixed case": "GET /chats/ws?Token={t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "another parameter": "GET /chats/messages?chat_id=1&auth={t} HTTP/1.1\r\nHost: x\r\n"
+    "Connection: close\r\n\r\n",
+    "in the path": "GET /users/{t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "percent-encoded dots": "GET /x?t={e} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+}
+
+
+async def test_no_request_however_malformed_puts_a_token_in_the_log(tmp_path, database):
+    # As the attacking client did: raw requests to a server process, its stderr read.
+    async with chatapi_process(tmp_path, database=database) as (url, stderr_path), aiohttp.ClientSession() as http:
+        body = {"email": "t@example.com", "username": "tokens", "password": "password1"}
+        async with http.post(url + "/auth/reg", json=body) as resp:
+            token = (await resp.json())["token"]
+        encoded = token.replace(".", "%2E")
+        for request in MALFORMED.values():
+            answer = await raw_request(url, request.format(t=token))
+            head, _, payload = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0], answer[:200]
+            assert b"application/json" in head, head  # the contract's error shape
+            assert json.loads(payload)["error"].startswith("bad request")
+            assert token.encode() not in answer  # nor echoed back
+        for request in WELL_FORMED.values():
+            answer = await raw_request(url, request.format(t=token, e=encoded))
+            assert answer.startswith(b"HTTP/1.1 4"), answer[:200]
+        await asyncio.sleep(0.5)  # the last access lines are written
+    log = stderr_path.read_text()
+    assert log.count('"UNKNOWN / HTTP/1.0" 400') >= len(MALFORMED) - 1, log  # each was logged
+    assert log.count("REDACTED") >= len(WELL_FORMED), log
+    assert "eyJ" not in log and token not in log, log
+    assert "Traceback" not in log, log

@@ -7,8 +7,8 @@ import time
 
 from conftest import assert_error
 
-from chatapi import create_app
-from chatapi.throttle import SlidingWindow
+from chatapi import create_app, db
+from chatapi.throttle import LoginThrottle, SharedLoginThrottle, SlidingWindow
 
 
 class FakeClock:
@@ -101,3 +101,66 @@ async def test_unknown_email_costs_a_hash_check_too(aiohttp_client, config, regi
     known = min([await timed(alice["email"]) for _ in range(3)])
     unknown = min([await timed(f"ghost{n}@example.com") for n in range(3)])
     assert unknown > known / 3  # without the dummy check, a miss costs ~1% of a hit
+
+
+async def test_a_success_gives_back_only_its_own_reservation(backend, database):
+    # In this process's memory (SQLite), or in the database every process shares.
+    store = await db.open_database(database) if backend == "postgres" else None
+    throttle = (
+        SharedLoginThrottle(store, per_account=3, per_address=100, window=60)
+        if store is not None
+        else LoginThrottle(per_account=3, per_address=100, window=60)
+    )
+    try:
+        await reservations_settle_their_own_places(throttle)
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def reservations_settle_their_own_places(throttle) -> None:
+    first = await throttle.reserve("a@example.com", "10.0.0.1")
+    second = await throttle.reserve("a@example.com", "10.0.0.2")
+    third = await throttle.reserve("a@example.com", "10.0.0.3")
+    # Three attempts are in flight: a fourth waits, though none has failed yet.
+    assert await throttle.reserve("a@example.com", "10.0.0.4") > 0
+    await throttle.settle(first, ok=False)
+    await throttle.settle(second, ok=True)
+    # The success freed its own place; the failure and the pending attempt still count.
+    fourth = await throttle.reserve("a@example.com", "10.0.0.4")
+    assert not isinstance(fourth, int)
+    assert await throttle.reserve("a@example.com", "10.0.0.5") > 0
+    await throttle.settle(third, ok=True)
+    await throttle.settle(fourth, ok=False)
+    assert not isinstance(await throttle.reserve("a@example.com", "10.0.0.5"), int)
+
+
+async def test_parallel_guesses_meet_the_same_limit_at_production_cost(
+    aiohttp_client, config, register
+):
+    # As the attacking client did: 30 guesses at once, the right password among
+    # them, at bcrypt cost 12 and the default limits (5 per account).
+    production = config.replace(bcrypt_rounds=12)
+    assert production.login_failures_per_account == 5
+    client = await aiohttp_client(create_app(production))
+    alice = await register(client, "alice")
+    guesses = [f"wrong-password-{n}" for n in range(29)] + [alice["password"]]
+    answers = await asyncio.gather(*(login(client, alice["email"], p) for p in guesses))
+    statuses = [answer.status for answer in answers]
+    assert statuses.count(429) >= 30 - 5, statuses
+    assert set(statuses) <= {200, 401, 429}, statuses
+    # Whatever got through, the failures still count: the right password waits too.
+    await assert_error(await login(client, alice["email"], alice["password"]), 429)
+
+
+async def test_parallel_failures_from_one_address_meet_its_limit(aiohttp_client, config):
+    production = config.replace(bcrypt_rounds=12)
+    assert production.login_failures_per_address == 50
+    client = await aiohttp_client(create_app(production))
+    answers = await asyncio.gather(
+        *(login(client, f"nobody{n}@example.com", "wrong-password") for n in range(150))
+    )
+    statuses = [answer.status for answer in answers]
+    assert statuses.count(401) <= 50, statuses
+    assert statuses.count(429) >= 100, statuses
+    assert set(statuses) == {401, 429}

@@ -12,6 +12,8 @@ from conftest import assert_error, connect, create_chat, next_frame, no_frame
 
 from chatapi import create_app
 from chatapi.keys import HUB
+from chatapi.runner import MaskCheck
+from chatapi.testing import ChatServer
 
 
 async def test_two_users_see_each_others_messages(client, register):
@@ -270,6 +272,165 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(aiohttp_client, conf
             break
         await asyncio.sleep(0.02)
     assert not app[HUB].connections
+
+
+async def test_a_created_chat_is_announced_to_every_open_socket(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    ws_a, ws_b = await connect(client, alice), await connect(client, bob)
+    resp = await client.post("/chats/create", json={"name": " plans "}, headers=bob.headers)
+    assert resp.status == 201
+    created = await resp.json()
+    assert created["name"] == "plans"
+    for ws in (ws_a, ws_b):
+        assert await next_frame(ws) == {"type": "chat_created", "chat": created}
+    # Announced after the commit: the chat is already in the list the frame points to.
+    chats = await (await client.get("/chats/", headers=alice.headers)).json()
+    assert created in chats
+    # A refused create announces nothing.
+    resp = await client.post("/chats/create", json={"name": "  "}, headers=bob.headers)
+    assert resp.status == 400
+    await no_frame(ws_a)
+    await no_frame(ws_b)
+
+
+async def test_a_frame_of_exactly_the_limit_is_taken_and_one_byte_more_is_1009(
+    client, register, config
+):
+    alice = await register(client, "alice")
+    ws = await connect(client, alice)
+    prefix, suffix = '{"chat_id": 1, "text": "', '"}'
+    filler = "x" * (config.max_frame - len(prefix) - len(suffix))
+    await ws.send_str(prefix + filler + suffix)  # exactly max_frame bytes
+    assert "at most" in (await next_frame(ws, "error"))["error"]  # text over 5000: an error only
+    await ws.send_str(prefix + filler + "x" + suffix)
+    msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009
+
+
+async def test_a_lone_surrogate_nonce_gets_the_validation_error(client, register, caplog):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_str(f'{{"chat_id": {chat}, "text": "hi", "nonce": "\\ud800"}}')
+    error = await next_frame(ws, "error")
+    assert error == {
+        "type": "error", "error": "nonce must be a string of 1 to 64 characters (not U+0000)"
+    }
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    await ws.send_json({"chat_id": chat, "text": "still fine", "nonce": "n1"})
+    assert (await next_frame(ws))["text"] == "still fine"
+
+
+async def test_a_reused_nonce_sent_to_a_missing_chat_is_refused(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    ws = await connect(client, alice)
+    await ws.send_json({"chat_id": chat, "text": "first", "nonce": "once"})
+    assert (await next_frame(ws))["nonce"] == "once"
+    await ws.send_json({"chat_id": 999, "text": "first", "nonce": "once"})
+    assert await next_frame(ws) == {
+        "type": "error", "error": "chat 999 does not exist", "nonce": "once"
+    }
+
+
+def test_the_mask_check_follows_frames_split_anywhere():
+    stream = b"".join(
+        masked_text_frame(b"x" * size) for size in (0, 5, 125, 126, 300, 65535, 65536, 70000)
+    )
+    for chunk in (1, 2, 3, 7, 13, 1000, len(stream)):
+        check = MaskCheck()
+        assert all(check.feed(stream[i:i + chunk]) for i in range(0, len(stream), chunk))
+        assert not check.feed(masked_text_frame(b"unmasked", masked=False))
+
+
+async def test_an_unmasked_client_frame_fails_the_connection_with_1002():
+    # The production runner (as `chatapi` serves), over a raw socket.
+    async with ChatServer(bcrypt_rounds=4) as server:
+        reader, writer = await websocket_handshake(server.url, await token_for(server.url))
+        writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
+        assert (await read_frame(reader))[0] == 0x1  # masked: served
+        writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}', masked=False))
+        opcode, payload = await read_frame(reader)
+        assert opcode == 0x8 and int.from_bytes(payload[:2]) == 1002
+        assert payload[2:] == b"client frames must be masked"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await writer.wait_closed()
+
+
+async def token_for(url: str) -> str:
+    body = {"email": "raw@example.com", "username": "raw", "password": "password1"}
+    async with aiohttp.ClientSession() as http, http.post(url + "/auth/reg", json=body) as resp:
+        return (await resp.json())["token"]
+
+
+async def websocket_handshake(
+    url: str, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A websocket opened by hand on a raw connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET /chats/ws?token={token} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert b" 101 " in await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return reader, writer
+
+
+async def test_the_server_waits_for_the_clients_close_reply(client, register):
+    # A raw client: the server's close frame must not be followed by the TCP
+    # connection dropping before the client has answered it (the peer would see 1006).
+    alice = await register(client, "alice")
+    reader, writer = await websocket_handshake(f"http://{client.host}:{client.port}", alice["token"])
+    writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
+    assert await read_frame(reader) == (0x1, b'{"type": "left", "chat_id": 1}')
+
+    assert (await client.post("/auth/logout", headers=alice.headers)).status == 204
+    opcode, payload = await read_frame(reader)
+    assert opcode == 0x8 and int.from_bytes(payload[:2]) == 4001
+    # Not dropped before the reply: nothing (no EOF) until the client answers.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.5)
+    writer.write(masked_close_frame(4001))
+    # Then the server ends the connection (aiohttp may repeat its close frame first).
+    rest = await asyncio.wait_for(reader.read(), 5)
+    assert rest == b"" or rest[0] == 0x88, rest
+    writer.close()
+    await writer.wait_closed()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(opcode, payload) of one short unmasked server frame."""
+    head = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert head[1] < 126, head
+    return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(head[1]), 5)
+
+
+def masked_text_frame(payload: bytes, opcode: int = 0x1, masked: bool = True) -> bytes:
+    """One client frame (FIN set), masked as RFC 6455 requires unless told otherwise."""
+    mask = b"\x01\x02\x03\x04" if masked else b""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if masked else payload
+    bit = 0x80 if masked else 0
+    if len(payload) < 126:
+        length = bytes([bit | len(payload)])
+    elif len(payload) < 2**16:
+        length = bytes([bit | 126]) + len(payload).to_bytes(2)
+    else:
+        length = bytes([bit | 127]) + len(payload).to_bytes(8)
+    return bytes([0x80 | opcode]) + length + mask + body
+
+
+def masked_close_frame(code: int) -> bytes:
+    return masked_text_frame(code.to_bytes(2), opcode=0x8)
+
+
+async def test_the_websocket_route_without_a_handshake_is_a_json_400(client, register):
+    alice = await register(client, "alice")
+    resp = await client.get("/chats/ws", headers=alice.headers)
+    body = await assert_error(resp, 400)
+    assert body["error"] == "not a websocket handshake: send Upgrade: websocket"
 
 
 async def test_the_character_u0000_is_refused_in_everything_stored(client, register):

@@ -4,6 +4,9 @@
 (function () {
   const PAGE = 50;
   const TOKEN_KEY = "chatapi.token";
+  const PHONE = window.matchMedia("(max-width: 700px)");
+  const PIN_DISTANCE = 40;     // px from the bottom that still counts as "at the newest message"
+  const TOP_DISTANCE = 150;    // px from the top where older messages start loading
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -16,8 +19,11 @@
     oldest: null,            // smallest id shown (paging cursor)
     lastId: new Map(),       // chat id -> highest message id seen
     hasOlder: false,
+    loaded: false,           // the newest page of the open chat is shown
     loadingOlder: false,
+    pinned: true,            // the history follows new messages (the reader is at the bottom)
     pending: new Map(),      // nonce -> frame sent but not yet echoed
+    failed: new Map(),       // nonce -> {frame, error}: refused by the server
     ws: null,
     retry: 0,
     retryTimer: null,
@@ -28,13 +34,9 @@
 
   class ApiError extends Error {
     constructor(status, body) {
-      let text = (body && body.error) || "request failed (" + status + ")";
-      const details = Object.entries((body && body.details) || {})
-        .filter(([field, reason]) => !text.includes(String(reason)))
-        .map(([field, reason]) => field + ": " + reason);
-      if (details.length) text += " (" + details.join(", ") + ")";
-      super(text);
+      super((body && body.error) || "the request failed (" + status + ")");
       this.status = status;
+      this.details = (body && body.details) || {};
     }
   }
 
@@ -48,7 +50,7 @@
         method, headers, body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (err) {
-      throw new ApiError(0, { error: "the server cannot be reached; try again in a moment" });
+      throw new ApiError(0, { error: "The server cannot be reached; try again in a moment." });
     }
     if (resp.status === 204) return null;
     let data = null;
@@ -65,6 +67,91 @@
 
   function showError(id, err) {
     $(id).textContent = err ? (err.message || String(err)) : "";
+  }
+
+  // ---- Forms: every field checked at once, problems in plain words ----------
+
+  const EMAIL = /^[^@\s]+@[^@\s]+\.[^@\s]+$/;
+  const CONTROL = /[\p{Cc}\p{Cf}]/u;
+
+  const CHECKS = {
+    email(value) {
+      const email = value.trim();
+      if (!email) return "Enter your email address.";
+      if (email.length > 254 || !EMAIL.test(email)) return "This does not look like an email address (like name@example.com).";
+      return null;
+    },
+    username(value) {
+      const name = value.trim();
+      if (!name) return "Choose a username.";
+      if (name.length < 3) return "Use at least 3 characters for the username.";
+      if (name.length > 50) return "Use at most 50 characters for the username.";
+      if (CONTROL.test(name)) return "The username contains invisible characters; type it again.";
+      return null;
+    },
+    password(value) {
+      if (!value) return "Choose a password.";
+      if (value.length < 8) return "Use at least 8 characters for the password.";
+      if (value.length > 128) return "Use at most 128 characters for the password.";
+      return null;
+    },
+    loginPassword(value) {
+      return value ? null : "Enter your password.";
+    },
+  };
+
+  // The server's reason for a field (`details`), said the way a person would.
+  const SERVER_WORDS = {
+    email: { "already taken": "An account with this email already exists. Log in instead?" },
+    username: { "already taken": "This username is taken; choose another one." },
+  };
+
+  function setFieldError(input, message) {
+    const box = $(input.id + "-error");
+    box.textContent = message || "";
+    if (message) input.setAttribute("aria-invalid", "true"); else input.removeAttribute("aria-invalid");
+  }
+
+  // Check `checks` ({input id: check}); show every problem; focus the first. True when all pass.
+  function checkForm(formErrorId, checks) {
+    showError(formErrorId, null);
+    let first = null;
+    let count = 0;
+    for (const [id, check] of Object.entries(checks)) {
+      const input = $(id);
+      const problem = check(input.value);
+      setFieldError(input, problem);
+      if (problem) {
+        count += 1;
+        first = first || input;
+      }
+    }
+    if (first) {
+      showError(formErrorId, { message: count === 1 ? "Please fix the problem marked above." : "Please fix the " + count + " problems marked above." });
+      first.focus();
+    }
+    return !first;
+  }
+
+  // A server refusal shown next to the field it names, or for the whole form.
+  function showServerError(formErrorId, prefix, err) {
+    const fields = Object.entries(err.details || {});
+    let shown = false;
+    for (const [field, reason] of fields) {
+      const input = $(prefix + "-" + field);
+      if (!input) continue;
+      const words = (SERVER_WORDS[field] || {})[reason] || "The server did not accept this: it " + reason + ".";
+      setFieldError(input, words);
+      if (!shown) input.focus();
+      shown = true;
+    }
+    showError(formErrorId, shown ? { message: "Please fix the problem marked above." } : err);
+  }
+
+  function clearFieldErrors(form) {
+    for (const input of $(form).querySelectorAll("input")) {
+      if ($(input.id + "-error")) setFieldError(input, null);
+    }
   }
 
   // ---- Session -------------------------------------------------------------
@@ -101,24 +188,32 @@
     $("auth-view").hidden = false;
     $("chat-view").hidden = true;
     $("session").hidden = true;
+    setSkipLink();
   }
 
   function signIn(answer) {
     state.token = answer.token;
     localStorage.setItem(TOKEN_KEY, answer.token);
     state.me = { id: answer.id, username: answer.username };
-    enter();
+    enter(true);
   }
 
-  function enter() {
+  function enter(signedIn) {
     $("auth-view").hidden = true;
     $("chat-view").hidden = false;
     $("session").hidden = false;
     $("me-name").textContent = state.me.username;
     for (const id of ["login-error", "reg-error"]) showError(id, null);
+    clearFieldErrors("login-form");
+    clearFieldErrors("reg-form");
+    showScreen("list");
     refreshChats().then(() => {
       const wanted = Number((location.hash.match(/chat=(\d+)/) || [])[1]);
-      if (wanted && state.chats.has(wanted)) openChat(wanted);
+      if (wanted && state.chats.has(wanted)) return openChat(wanted, false);
+      // Just signed in: the form that had the focus is gone; go on from the chat list.
+      if (signedIn) {
+        ($("chat-list").querySelector("button") || $("new-chat-name")).focus();
+      }
     });
     refreshUsers();
     connect();
@@ -134,11 +229,20 @@
     state.ws = null;
     if (ws) ws.close(1000, "logged out");
     state.current = null;
+    state.loaded = false;
     state.pending.clear();
+    state.failed.clear();
     state.lastId.clear();
+    state.chats.clear();
+    state.users.clear();
     $("messages").replaceChildren();
+    $("pending").replaceChildren();
     $("chat-list").replaceChildren();
     $("user-list").replaceChildren();
+    $("load-older").hidden = true;
+    $("history-start").hidden = true;
+    $("jump").hidden = true;
+    showError("chat-error", null);
     setComposer(false);
     $("chat-title").textContent = "Pick a chat";
     history.replaceState(null, "", location.pathname);
@@ -152,17 +256,55 @@
     $("login-email").focus();
   }
 
+  // The skip link always points at something on screen.
+  function setSkipLink() {
+    const link = $("skip");
+    if (!$("auth-view").hidden) {
+      link.href = "#login-email";
+      link.textContent = "Skip to the login form";
+    } else if (state.current && !$("composer-text").disabled && isVisible($("composer-text"))) {
+      link.href = "#composer-text";
+      link.textContent = "Skip to the message box";
+    } else if (isVisible($("chat-list")) && state.chats.size) {
+      link.href = "#chat-list";
+      link.textContent = "Skip to the chat list";
+    } else if (isVisible($("new-chat-name"))) {
+      link.href = "#new-chat-name";
+      link.textContent = "Skip to the new chat form";
+    } else {
+      link.href = "#history";
+      link.textContent = "Skip to the messages";
+    }
+  }
+
+  function isVisible(el) {
+    return el.getClientRects().length > 0;
+  }
+
+  // On a phone the chat list and the conversation are two screens; elsewhere both show.
+  function showScreen(name) {
+    $("chat-view").dataset.screen = name;
+    setSkipLink();
+  }
+
   // ---- Chats and people ----------------------------------------------------
 
   async function refreshChats() {
+    const token = state.token;
     let chats;
     try { chats = await api("GET", "/chats/"); } catch (err) { return showError("new-chat-error", err); }
-    state.chats = new Map(chats.map((c) => [c.id, c]));
+    if (state.token !== token) return;  // logged out meanwhile
+    // Chats are never deleted: keep one a chat_created frame brought while this answer was on its way.
+    for (const c of chats) state.chats.set(c.id, c);
+    state.chats = new Map([...state.chats.entries()].sort((a, b) => a[0] - b[0]));
     renderChats();
   }
 
   function renderChats() {
     const list = $("chat-list");
+    // Re-rendering must not drop the keyboard focus of a chat button.
+    const focused = document.activeElement && document.activeElement.dataset
+      ? document.activeElement.dataset.chatId : undefined;
     list.replaceChildren(...[...state.chats.values()].map((chat) => {
       const li = document.createElement("li");
       const button = document.createElement("button");
@@ -171,10 +313,16 @@
       button.dataset.chatId = chat.id;
       button.textContent = chat.name;
       if (chat.id === state.current) button.setAttribute("aria-current", "true");
-      button.addEventListener("click", () => openChat(chat.id));
+      button.addEventListener("click", () => openChat(chat.id, true));
       li.append(button);
       return li;
     }));
+    $("no-chats").hidden = state.chats.size > 0;
+    setSkipLink();
+    if (focused !== undefined) {
+      const again = list.querySelector('[data-chat-id="' + focused + '"]');
+      if (again) again.focus();
+    }
   }
 
   async function refreshUsers() {
@@ -206,19 +354,26 @@
 
   // ---- History -------------------------------------------------------------
 
-  async function openChat(id) {
+  async function openChat(id, byUser) {
     if (state.current && state.current !== id) send({ type: "leave", chat_id: state.current });
     const generation = ++state.generation;
     state.current = id;
     state.seen = new Set();
     state.oldest = null;
     state.hasOlder = false;
+    state.loaded = false;
+    state.pinned = true;
     setComposer(false);
     $("messages").replaceChildren();
+    $("load-older").hidden = true;
+    $("history-start").hidden = true;
+    $("jump").hidden = true;
+    renderPending();
     showError("chat-error", null);
     $("chat-title").textContent = (state.chats.get(id) || { name: "Chat " + id }).name;
     history.replaceState(null, "", "#chat=" + id);
     renderChats();
+    showScreen("chat");
     let page;
     try {
       page = await api("GET", "/chats/messages?id=" + id + "&limit=" + PAGE);
@@ -228,31 +383,57 @@
     }
     if (generation !== state.generation) return;
     state.hasOlder = page.length === PAGE;
+    state.loaded = true;
     addMessages(page, "end");
-    scrollToBottom();
     setComposer(true);
+    scrollToBottom();
     join(id);
+    if (byUser || document.activeElement === document.body) $("composer-text").focus({ preventScroll: true });
+    fillHistory();
+  }
+
+  // A short first page leaves no room to scroll: load older pages until there is some.
+  function fillHistory() {
+    const box = $("history");
+    if (state.hasOlder && box.scrollHeight <= box.clientHeight + TOP_DISTANCE) {
+      loadOlder().then(() => { if (!state.loadingOlder) fillHistory(); });
+    }
   }
 
   async function loadOlder() {
     if (!state.current || !state.hasOlder || state.loadingOlder || state.oldest === null) return;
     const generation = state.generation;
     state.loadingOlder = true;
-    const box = $("history");
     try {
       const page = await api("GET", "/chats/messages?id=" + state.current + "&limit=" + PAGE +
         "&before=" + state.oldest);
       if (generation !== state.generation) return;
       state.hasOlder = page.length === PAGE;
-      const before = box.scrollHeight;
-      addMessages(page, "start");
-      box.scrollTop += box.scrollHeight - before;  // keep the reader where they were
+      keepInPlace(() => addMessages(page, "start"));
     } catch (err) {
-      showError("chat-error", err);
+      if (generation === state.generation) showError("chat-error", err);
     } finally {
-      state.loadingOlder = false;
-      $("load-older").hidden = !state.hasOlder;
+      if (generation === state.generation) state.loadingOlder = false;
+      updateHistoryEdges();
     }
+  }
+
+  // Change the list without moving what the reader sees: the first message on screen
+  // stays at the same height (or the bottom stays the bottom when pinned).
+  function keepInPlace(change) {
+    const box = $("history");
+    if (state.pinned) {
+      change();
+      scrollToBottom();
+      return;
+    }
+    const top = box.getBoundingClientRect().top;
+    // A message, not a day separator: separators come and go as older pages arrive.
+    const anchor = [...$("messages").querySelectorAll("li.message")]
+      .find((el) => el.getBoundingClientRect().bottom > top);
+    const before = anchor ? anchor.getBoundingClientRect().top : 0;
+    change();
+    if (anchor && anchor.isConnected) box.scrollTop += anchor.getBoundingClientRect().top - before;
   }
 
   function addMessages(messages, where) {
@@ -270,49 +451,148 @@
         // Live and replayed messages arrive in id order, but keep the list sorted anyway.
         const node = renderMessage(m);
         let after = list.lastElementChild;
-        while (after && Number(after.dataset.id) > m.id) after = after.previousElementSibling;
+        while (after && (after.classList.contains("day") || Number(after.dataset.id) > m.id)) {
+          after = after.previousElementSibling;
+        }
         if (after) after.after(node); else list.prepend(node);
       }
     }
+    markDays();
+    updateHistoryEdges();
+  }
+
+  // One separator before the first message of each day (in the reader's time zone),
+  // touching only what changed, so that the live region announces no old separator.
+  function markDays() {
+    const list = $("messages");
+    let previous = null;
+    for (const li of [...list.children]) {
+      if (li.classList.contains("day")) {
+        const next = li.nextElementSibling;
+        if (!next || next.classList.contains("day") || next.dataset.day === previous ||
+            next.dataset.day !== li.dataset.day) li.remove();
+        continue;
+      }
+      const day = li.dataset.day;
+      const before = li.previousElementSibling;
+      if (day !== previous && !(before && before.classList.contains("day") && before.dataset.day === day)) {
+        const sep = document.createElement("li");
+        sep.className = "day";
+        sep.dataset.day = day;
+        sep.textContent = dayLabel(new Date(li.querySelector("time").dateTime));
+        li.before(sep);
+      }
+      previous = day;
+    }
+  }
+
+  function dayKey(date) {
+    return isNaN(date) ? "" : date.getFullYear() + "-" + date.getMonth() + "-" + date.getDate();
+  }
+
+  function dayLabel(date) {
+    const today = new Date();
+    const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+    if (dayKey(date) === dayKey(today)) return "Today";
+    if (dayKey(date) === dayKey(yesterday)) return "Yesterday";
+    const options = { weekday: "long", day: "numeric", month: "long" };
+    if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
+    return date.toLocaleDateString([], options);
+  }
+
+  function updateHistoryEdges() {
     $("load-older").hidden = !state.hasOlder;
+    $("history-start").hidden = !(state.loaded && !state.hasOlder);
   }
 
   function noteLastId(chatId, id) {
     if (id > (state.lastId.get(chatId) || 0)) state.lastId.set(chatId, id);
   }
 
-  function renderMessage(m) {
+  function messageNode(m, mine) {
     const li = document.createElement("li");
-    li.className = "message" + (state.me && m.owner_id === state.me.id ? " mine" : "");
-    li.dataset.id = m.id;
+    li.className = "message" + (mine ? " mine" : "");
     const who = document.createElement("span");
     who.className = "who";
     who.textContent = m.username || (state.users.get(m.owner_id) || {}).username || "user " + m.owner_id;
-    const when = document.createElement("time");
-    when.dateTime = m.created_at;
-    const date = new Date(m.created_at);
-    when.textContent = isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    when.title = isNaN(date) ? "" : date.toLocaleString();
     const text = document.createElement("p");
     text.className = "text";
     text.textContent = m.text;
-    li.append(who, " ", when, text);
+    li.append(who, " ");
+    return [li, text];
+  }
+
+  function renderMessage(m) {
+    const [li, text] = messageNode(m, state.me && m.owner_id === state.me.id);
+    li.dataset.id = m.id;
+    const when = document.createElement("time");
+    when.dateTime = m.created_at;
+    const date = new Date(m.created_at);
+    li.dataset.day = dayKey(date);
+    when.textContent = isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    when.title = isNaN(date) ? "" : date.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+    li.append(when, text);
     return li;
   }
 
-  function nearBottom() {
+  // Messages sent from this page that the server has not stored yet (or refused).
+  function renderPending() {
+    const items = [];
+    for (const [nonce, frame] of state.pending) {
+      if (frame.chat_id !== state.current) continue;
+      const connected = state.ws && state.ws.readyState === WebSocket.OPEN;
+      items.push(pendingNode(nonce, frame, connected ? "sending…" : "waiting for the connection…", false));
+    }
+    for (const [nonce, { frame, error }] of state.failed) {
+      if (frame.chat_id === state.current) items.push(pendingNode(nonce, frame, "not sent: " + error, true));
+    }
     const box = $("history");
-    return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+    const stick = state.pinned;
+    $("pending").replaceChildren(...items);
+    if (stick) box.scrollTop = box.scrollHeight;
+  }
+
+  function pendingNode(nonce, frame, status, failed) {
+    const [li, text] = messageNode({ username: state.me ? state.me.username : "", text: frame.text }, true);
+    li.classList.add(failed ? "failed" : "pending");
+    li.dataset.nonce = nonce;
+    const note = document.createElement("span");
+    note.className = "state";
+    note.textContent = status;
+    li.append(note, text);
+    if (failed) {
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.textContent = "Edit and resend";
+      retry.addEventListener("click", () => {
+        state.failed.delete(nonce);
+        const box = $("composer-text");
+        if (!box.value) box.value = frame.text;
+        renderPending();
+        updateConnectionNote();
+        box.focus();
+      });
+      li.append(retry);
+    }
+    return li;
+  }
+
+  function atBottom() {
+    const box = $("history");
+    return box.scrollHeight - box.scrollTop - box.clientHeight <= PIN_DISTANCE;
   }
 
   function scrollToBottom() {
     const box = $("history");
     box.scrollTop = box.scrollHeight;
+    state.pinned = true;
+    $("jump").hidden = true;
   }
 
   function setComposer(enabled) {
     $("composer-text").disabled = !enabled;
     $("send").disabled = !enabled;
+    setSkipLink();
   }
 
   // ---- Websocket -----------------------------------------------------------
@@ -338,6 +618,8 @@
       // Catch up on the open chat only (one join: the frame rate limit is per socket).
       if (state.current && !$("composer-text").disabled) join(state.current);
       for (const frame of state.pending.values()) ws.send(JSON.stringify(frame));
+      renderPending();
+      updateConnectionNote();
       // What changed while we were away: people and chats.
       refreshUsers();
       refreshChats();
@@ -353,6 +635,8 @@
       state.ws = null;
       if (event.code === 4001) return signedOut("You were logged out.");
       setConnection("reconnecting…", "offline");
+      renderPending();
+      updateConnectionNote();
       const delay = Math.min(5000, 300 * 2 ** state.retry) * (0.75 + Math.random() / 2);
       state.retry = Math.min(state.retry + 1, 10);
       state.retryTimer = setTimeout(reconnect, delay);
@@ -381,29 +665,66 @@
     send({ type: "join", chat_id: chatId, since: state.lastId.get(chatId) || 0 });
   }
 
+  // The note under the history while messages wait for the connection; gone once they left.
+  function updateConnectionNote() {
+    const note = $("chat-error");
+    const waiting = state.pending.size;
+    const offline = !(state.ws && state.ws.readyState === WebSocket.OPEN);
+    if (waiting && offline) {
+      note.textContent = "Not connected: " + (waiting === 1 ? "your message" : waiting + " messages") +
+        " will be sent when the connection is back.";
+      note.dataset.kind = "offline";
+    } else if (note.dataset.kind === "offline") {
+      note.textContent = "";
+      delete note.dataset.kind;
+    }
+  }
+
   function onFrame(frame) {
     switch (frame.type) {
       case "message": {
-        if (frame.nonce) state.pending.delete(frame.nonce);
+        const mine = frame.nonce && state.pending.delete(frame.nonce);
         noteLastId(frame.chat_id, frame.id);
-        if (frame.chat_id !== state.current) return;
-        const stick = nearBottom() || (state.me && frame.owner_id === state.me.id);
-        addMessages([frame], "end");
-        if (stick) scrollToBottom();
+        if (frame.chat_id === state.current) {
+          const stick = state.pinned || mine;
+          if (mine) renderPending();
+          keepInPlace(() => addMessages([frame], "end"));
+          if (stick) scrollToBottom(); else $("jump").hidden = false;
+        }
+        if (mine) updateConnectionNote();
         return;
       }
+      case "joined":
+        // Our cursor was beyond the chat's newest message (a restored server):
+        // resume from where the server is, or a reconnect would skip messages.
+        if (frame.cursor_reset) state.lastId.set(frame.chat_id, frame.last_id);
+        return;
+      case "chat_created":
+        if (frame.chat && !state.chats.has(frame.chat.id)) {
+          state.chats.set(frame.chat.id, frame.chat);
+          renderChats();
+        }
+        return;
       case "presence":
         for (const u of frame.users || []) {
           state.users.set(u.user_id, { id: u.user_id, username: u.username, is_online: u.is_online });
         }
         renderUsers();
         return;
-      case "error":
-        if (frame.nonce) state.pending.delete(frame.nonce);
-        showError("chat-error", { message: frame.error });
+      case "error": {
+        const frameSent = frame.nonce && state.pending.get(frame.nonce);
+        if (frameSent) {
+          state.pending.delete(frame.nonce);
+          state.failed.set(frame.nonce, { frame: frameSent, error: frame.error });
+          renderPending();
+          updateConnectionNote();
+        } else {
+          showError("chat-error", { message: frame.error });
+        }
         return;
+      }
       default:
-        return;  // joined, left and frame types this page does not know
+        return;  // left and frame types this page does not know
     }
   }
 
@@ -417,14 +738,17 @@
     const text = box.value;
     if (!state.current) return;
     if (!text.trim()) {
-      showError("chat-error", { message: "write something first" });
+      showError("chat-error", { message: "Write something first." });
       return;
     }
-    showError("chat-error", null);
+    if ($("chat-error").dataset.kind !== "offline") showError("chat-error", null);
     const frame = { type: "message", chat_id: state.current, text, nonce: newNonce() };
     state.pending.set(frame.nonce, frame);  // sent again after a reconnect until it comes back
-    if (!send(frame)) showError("chat-error", { message: "not connected: the message will be sent on reconnection" });
+    send(frame);
     box.value = "";
+    renderPending();
+    scrollToBottom();
+    updateConnectionNote();
     box.focus();
   }
 
@@ -437,7 +761,7 @@
   function wireEvents() {
     $("login-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      showError("login-error", null);
+      if (!checkForm("login-error", { "login-email": CHECKS.email, "login-password": CHECKS.loginPassword })) return;
       const data = formData(event.target);
       try {
         signIn(await api("POST", "/auth/login", { email: data.email, password: data.password }));
@@ -446,32 +770,58 @@
     });
     $("reg-form").addEventListener("submit", async (event) => {
       event.preventDefault();
-      showError("reg-error", null);
+      const checks = { "reg-email": CHECKS.email, "reg-username": CHECKS.username, "reg-password": CHECKS.password };
+      if (!checkForm("reg-error", checks)) return;
       const data = formData(event.target);
       try {
         signIn(await api("POST", "/auth/reg", data));
         event.target.reset();
-      } catch (err) { showError("reg-error", err); }
+      } catch (err) { showServerError("reg-error", "reg", err); }
     });
     $("new-chat-form").addEventListener("submit", async (event) => {
       event.preventDefault();
       showError("new-chat-error", null);
       const input = $("new-chat-name");
+      if (!input.value.trim()) {
+        showError("new-chat-error", { message: "Type a name for the new chat first." });
+        input.focus();
+        return;
+      }
       try {
         const chat = await api("POST", "/chats/create", { name: input.value });
         input.value = "";
         state.chats.set(chat.id, chat);
         renderChats();
-        await openChat(chat.id);
-        $("composer-text").focus();
+        await openChat(chat.id, true);
       } catch (err) { showError("new-chat-error", err); }
     });
-    $("refresh-chats").addEventListener("click", refreshChats);
     $("logout").addEventListener("click", logout);
     $("load-older").addEventListener("click", loadOlder);
-    $("history").addEventListener("scroll", () => {
-      if ($("history").scrollTop < 40) loadOlder();
+    $("jump").addEventListener("click", () => {
+      scrollToBottom();
+      $("composer-text").focus({ preventScroll: true });
     });
+    $("back").addEventListener("click", () => {
+      showScreen("list");
+      const button = $("chat-list").querySelector('[aria-current="true"]');
+      if (button) button.focus();
+    });
+    $("skip").addEventListener("click", (event) => {
+      const target = document.querySelector(event.currentTarget.getAttribute("href"));
+      if (!target) return;
+      event.preventDefault();
+      if (target.tabIndex < 0 && !/^(INPUT|TEXTAREA|BUTTON)$/.test(target.tagName)) target.tabIndex = -1;
+      const first = target.id === "chat-list" ? target.querySelector("button") : null;
+      (first || target).focus();
+    });
+    $("history").addEventListener("scroll", () => {
+      state.pinned = atBottom();
+      if (state.pinned) $("jump").hidden = true;
+      if ($("history").scrollTop < TOP_DISTANCE) loadOlder();
+    });
+    // The box changes size (a phone's keyboard, a window resize): keep the newest in view.
+    new ResizeObserver(() => { if (state.pinned) scrollToBottom(); }).observe($("history"));
+    PHONE.addEventListener("change", setSkipLink);
     $("composer").addEventListener("submit", (event) => {
       event.preventDefault();
       sendMessage();
@@ -482,8 +832,10 @@
         sendMessage();
       }
     });
-    // New chats of other people: look again now and then (HTTP, not the socket's budget).
-    setInterval(() => { if (state.token && state.me && !document.hidden) refreshChats(); }, 15000);
+    for (const input of document.querySelectorAll("#reg-form input, #login-form input")) {
+      // A corrected field loses its mark at once; others keep theirs until the next submit.
+      input.addEventListener("input", () => { if (input.getAttribute("aria-invalid")) setFieldError(input, null); });
+    }
   }
 
   document.addEventListener("DOMContentLoaded", start);

@@ -1,0 +1,62 @@
+"""No token in any log line: anything shaped like a JWT is replaced before it is written.
+
+Tokens travel in headers, in `?token=` and, by mistake, anywhere else a client puts
+them (`?TOKEN=`, another parameter, the path, a malformed request line that aiohttp
+quotes in its error). Every token this server issues starts with `eyJ` (base64 of
+`{"`), so the filter looks for that shape rather than for where a token may be.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+REDACTED = "REDACTED"
+# A JWT's segments are base64url; a client may percent-encode the dots.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*(?:(?:\.|%2[Ee])[A-Za-z0-9_-]*){0,2}")
+# Loggers whose records may quote a request: aiohttp's, and this package's.
+LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.websocket", "chatapi")
+
+
+def redact(text: str) -> str:
+    """`text` with every JWT-shaped string replaced by REDACTED."""
+    return _JWT.sub(REDACTED, text) if "eyJ" in text else text
+
+
+class TokenFilter(logging.Filter):
+    """Rewrites a record's message and traceback without tokens (never drops a record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "eyJ" in message:
+            record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+_FILTER = TokenFilter()
+
+
+def redact_logs(*handlers: logging.Handler) -> None:
+    """Filter the records of LOGGERS, and everything that reaches `handlers`.
+
+    A logger's filter sees only the records created on that very logger, so the
+    package's modules are filtered through `handlers` (the ones `main` configures)
+    and, for embedders, through each module logger that exists by now.
+    """
+    names = [
+        name for name in logging.root.manager.loggerDict
+        if name == "chatapi" or name.startswith("chatapi.")
+    ]
+    for name in (*LOGGERS, *names):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+    for handler in handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
