@@ -13,7 +13,15 @@ import sys
 import time
 
 import pytest
-from conftest import assert_error, connect, create_chat, next_frame, no_frame, run_sql
+from conftest import (
+    assert_error,
+    connect,
+    create_chat,
+    in_thread,
+    next_frame,
+    no_frame,
+    run_sql,
+)
 
 from chatapi import create_app, db
 from chatapi.keys import DB
@@ -136,7 +144,12 @@ def chatapi(database, *args, stdin=""):
     return result
 
 
+async def _create_schema(database):
+    await (await db.open_database(database)).close()
+
+
 def test_admin_commands(database):
+    in_thread(_create_schema(database))  # admin commands refuse a database that does not exist
     made = chatapi(database, "create-user", "--email", "root@example.com", "--username", "root",
                    "--admin", stdin="password-root\n")
     assert made.returncode == 0, made.stderr
