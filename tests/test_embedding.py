@@ -351,3 +351,37 @@ def test_a_refused_postgresql_login_stops_the_start_with_one_line(backend):
     line = done.stderr.strip()
     assert done.returncode != 0 and "\n" not in line and "Traceback" not in line
     assert "password authentication failed" in line and "not-the-password" not in line
+
+
+def test_teams_commands_from_the_readme_while_the_server_runs(tmp_path):
+    database = tmp_path / "chatapi.db"
+    with ChatServer(db_path=str(database), bcrypt_rounds=4, registration="invite") as server:
+        refused = http(server.url + "/auth/reg", "POST",
+                       {"email": "x@example.com", "username": "walkin", "password": "password1"})
+        assert refused[0] == 403 and "invite" in refused[1]["error"]
+        (tmp_path / ".venv").symlink_to(BIN.parent)
+        outputs = []
+        for line in readme_block("Teams", "sh").strip().splitlines():
+            done = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=60, check=False)
+            assert done.returncode == 0, (line, done.stderr)
+            outputs.append(done.stdout)
+        listed = [json.loads(line) for line in outputs[1].splitlines()]
+        assert listed == [{"id": 1, "email": "boss@example.com", "username": "boss", "is_admin": True}]
+        assert json.loads(outputs[2])["is_admin"] is False
+        assert json.loads(outputs[3])["is_admin"] is True
+
+        # The admin logs in, makes an invite code, and a newcomer registers with it.
+        status, boss = http(server.url + "/auth/login", "POST",
+                            {"email": "boss@example.com", "password": "a long passphrase"})
+        assert status == 200
+        status, invite = http(server.url + "/invites", "POST", {"uses": 1}, boss["token"])
+        assert status == 201
+        newcomer = {"email": "new@example.com", "username": "newcomer", "password": "password1",
+                    "invite": invite["code"]}
+        assert http(server.url + "/auth/reg", "POST", newcomer)[0] == 201
+        status, chat = http(server.url + "/chats/create", "POST",
+                            {"name": "board", "kind": "private"}, boss["token"])
+        assert status == 201 and chat["kind"] == "private"
+    chats = run_cli("--db", str(database), "list-chats")
+    assert [json.loads(line)["kind"] for line in chats.stdout.splitlines()] == ["private"]
