@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 from websockets.sync.client import connect
 
-from chatapi import db
+from chatapi import db, sqlite
 from chatapi.cli import openable_url
 from chatapi.testing import ChatServer
 
@@ -265,7 +265,7 @@ def test_serve_creates_the_default_database_and_names_it(tmp_path):
     assert "Traceback" not in stderr
     assert (tmp_path / "chatapi.db").is_file()
     with sqlite3.connect(tmp_path / "chatapi.db") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (db.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite.SCHEMA_VERSION,)
 
 
 # Settings: a bad value names the variable the user set, in plain words.
