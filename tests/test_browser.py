@@ -624,3 +624,82 @@ def test_a_refused_message_is_marked_and_can_be_edited_and_sent_again(browser, s
     expect(message_text(page, "please refuse me")).to_have_count(1)
     expect(page.locator("#chat-error")).to_be_hidden()
     assert page.js_errors == []
+
+
+# Teams: private chats, direct messages, unread badges
+
+
+def new_chat(page, name: str, private: bool = False) -> None:
+    page.get_by_label("New chat").fill(name)
+    if private:
+        page.get_by_label("Private: members only").check()
+    page.get_by_role("button", name="Create", exact=True).click()
+    expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
+
+
+def test_a_private_chat_is_invisible_to_an_outsider(browser, servers):
+    alice, bob = new_page(browser), new_page(browser)
+    register(alice, servers.url, "alice")
+    register(bob, servers.url, "bob")
+    new_chat(alice, "secret plans", private=True)
+    expect(alice.locator("#chat-list .chat-link", has_text="secret plans").locator(".tag")).to_have_text("private")
+    new_chat(alice, "lobby")
+    # Bob's list gains the public chat live, and never the private one, even after a reload.
+    expect(bob.locator("#chat-list").get_by_role("button", name="lobby", exact=True)).to_be_visible()
+    bob.reload()
+    expect(bob.locator("#chat-list").get_by_role("button", name="lobby", exact=True)).to_be_visible()
+    expect(bob.locator("#chat-list")).not_to_contain_text("secret plans")
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+def test_a_direct_message_between_two_contexts(browser, servers):
+    alice, bob = new_page(browser), new_page(browser)
+    register(bob, servers.url, "bob")
+    register(alice, servers.url, "alice")
+    alice.get_by_role("button", name="Direct chat with bob").click()
+    expect(alice.get_by_role("heading", name="bob", exact=True)).to_be_visible()
+    expect(alice.get_by_label("Message")).to_be_enabled()
+    say(alice, "just between us")
+    # Bob's "Direct messages" gain the chat, named after Alice, with one unread message.
+    chat = bob.locator("#dm-list").get_by_role("button", name="alice", exact=True)
+    expect(chat.locator(".badge")).to_have_text("1")
+    chat.click()
+    expect(message_text(bob, "just between us")).to_have_count(1)
+    expect(chat.locator(".badge")).to_have_count(0)
+    say(bob, "sure")
+    expect(message_text(alice, "sure")).to_have_count(1)
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+def test_an_unread_badge_appears_and_clears_when_read(browser, servers):
+    alice, bob = new_page(browser), new_page(browser)
+    register(alice, servers.url, "alice")
+    register(bob, servers.url, "bob")
+    new_chat(alice, "lobby")
+    open_chat(bob, "lobby")  # joining makes Bob a member
+    new_chat(bob, "elsewhere")
+    say(alice, "one")
+    say(alice, "two")
+    lobby = bob.locator("#chat-list").get_by_role("button", name="lobby", exact=True)
+    expect(lobby.locator(".badge")).to_have_text("2")
+    expect(bob).to_have_title("(2) ChatAPI")
+    open_chat(bob, "lobby")
+    expect(message_text(bob, "two")).to_have_count(1)
+    expect(lobby.locator(".badge")).to_have_count(0)
+    expect(bob).to_have_title("ChatAPI")
+    # Read here, read everywhere: Bob on a second device sees no badge, and a new
+    # message counts there until he reads it on the first.
+    second = new_page(browser)
+    second.goto(servers.url + "/")
+    second.locator("#login-form").get_by_label("Email").fill("bob@example.com")
+    second.locator("#login-form").get_by_label("Password").fill("password-bob")
+    second.locator("#login-form").get_by_role("button", name="Log in").click()
+    expect(second.locator("#connection")).to_have_text("connected")
+    there = second.locator("#chat-list").get_by_role("button", name="lobby", exact=True)
+    expect(there).to_be_visible()
+    expect(there.locator(".badge")).to_have_count(0)
+    say(alice, "three")
+    expect(there.locator(".badge")).to_have_text("1")
+    expect(message_text(bob, "three")).to_have_count(1)  # open on the first device: read
+    expect(there.locator(".badge")).to_have_count(0)
+    assert alice.js_errors == [] and bob.js_errors == [] and second.js_errors == []

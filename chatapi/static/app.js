@@ -28,6 +28,8 @@
     retry: 0,
     retryTimer: null,
     generation: 0,           // bumps on logout / chat switch to drop stale answers
+    following: new Set(),    // chats this socket follows for their unread badges
+    readTimers: new Map(),   // chat id -> pending read-marker update
   };
 
   // ---- HTTP ----------------------------------------------------------------
@@ -217,6 +219,10 @@
     });
     refreshUsers();
     connect();
+    api("GET", "/users/me").then((me) => {
+      if (state.me && state.me.id === me.id) state.me = me;
+      $("invites").hidden = !me.is_admin;
+    }).catch(() => {});
   }
 
   function signedOut(message) {
@@ -238,7 +244,14 @@
     $("messages").replaceChildren();
     $("pending").replaceChildren();
     $("chat-list").replaceChildren();
+    $("dm-list").replaceChildren();
     $("user-list").replaceChildren();
+    $("members").hidden = true;
+    $("members-toggle").hidden = true;
+    $("invites").hidden = true;
+    $("invite-code").textContent = "";
+    state.following.clear();
+    document.title = "ChatAPI";
     $("load-older").hidden = true;
     $("history-start").hidden = true;
     $("jump").hidden = true;
@@ -295,34 +308,147 @@
     try { chats = await api("GET", "/chats/"); } catch (err) { return showError("new-chat-error", err); }
     if (state.token !== token) return;  // logged out meanwhile
     // Chats are never deleted: keep one a chat_created frame brought while this answer was on its way.
+    const visible = new Set(chats.map((c) => c.id));
     for (const c of chats) state.chats.set(c.id, c);
+    // A private chat one left or was removed from is gone from the list.
+    for (const [id, c] of state.chats) if (!visible.has(id) && c.kind && c.kind !== "public") state.chats.delete(id);
     state.chats = new Map([...state.chats.entries()].sort((a, b) => a[0] - b[0]));
     renderChats();
+    followChats();
   }
 
   function renderChats() {
-    const list = $("chat-list");
     // Re-rendering must not drop the keyboard focus of a chat button.
     const focused = document.activeElement && document.activeElement.dataset
       ? document.activeElement.dataset.chatId : undefined;
-    list.replaceChildren(...[...state.chats.values()].map((chat) => {
-      const li = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "chat-link";
-      button.dataset.chatId = chat.id;
-      button.textContent = chat.name;
-      if (chat.id === state.current) button.setAttribute("aria-current", "true");
-      button.addEventListener("click", () => openChat(chat.id, true));
-      li.append(button);
-      return li;
-    }));
-    $("no-chats").hidden = state.chats.size > 0;
+    const chats = [...state.chats.values()];
+    const rooms = chats.filter((chat) => chat.kind !== "direct");
+    const direct = chats.filter((chat) => chat.kind === "direct");
+    $("chat-list").replaceChildren(...rooms.map(chatItem));
+    $("dm-list").replaceChildren(...direct.map(chatItem));
+    $("no-chats").hidden = rooms.length > 0;
+    $("no-dms").hidden = direct.length > 0;
+    const total = chats.reduce((sum, chat) => sum + (chat.unread || 0), 0);
+    document.title = total ? "(" + (total > 999 ? "999+" : total) + ") ChatAPI" : "ChatAPI";
     setSkipLink();
     if (focused !== undefined) {
-      const again = list.querySelector('[data-chat-id="' + focused + '"]');
+      const again = document.querySelector('.chat-link[data-chat-id="' + focused + '"]');
       if (again) again.focus();
     }
+  }
+
+  function chatLabel(chat) {
+    return chat.kind === "direct" && chat.other_user ? chat.other_user.username : chat.name;
+  }
+
+  function chatItem(chat) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "chat-link";
+    button.dataset.chatId = chat.id;
+    button.textContent = chatLabel(chat);
+    // The name stays the button's name; "private" and the unread count describe it.
+    const described = [];
+    if (chat.kind === "private") {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.id = "tag-" + chat.id;
+      tag.textContent = "private";
+      button.append(tag);
+      described.push(tag.id);
+    }
+    if (chat.unread) {
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.id = "badge-" + chat.id;
+      badge.textContent = chat.unread_capped ? "999+" : String(chat.unread);
+      badge.title = badge.textContent + " unread";
+      button.append(badge);
+      described.push(badge.id);
+    }
+    button.setAttribute("aria-label", chatLabel(chat));
+    if (described.length) button.setAttribute("aria-describedby", described.join(" "));
+    if (chat.id === state.current) button.setAttribute("aria-current", "true");
+    button.addEventListener("click", () => openChat(chat.id, true));
+    li.append(button);
+    return li;
+  }
+
+  // Follow every chat one is a member of, so that its badge counts new messages live.
+  function followChats() {
+    for (const chat of state.chats.values()) {
+      if (chat.is_member && chat.id !== state.current && !state.following.has(chat.id)) {
+        if (send({ type: "join", chat_id: chat.id })) state.following.add(chat.id);
+      }
+    }
+  }
+
+  // The open chat is read up to its newest message: move the marker (once things settle).
+  function markRead(chatId) {
+    clearTimeout(state.readTimers.get(chatId));
+    state.readTimers.set(chatId, setTimeout(async () => {
+      state.readTimers.delete(chatId);
+      const chat = state.chats.get(chatId);
+      const last = state.lastId.get(chatId);
+      // Only what is on screen is read: the chat must still be the open one.
+      if (state.current !== chatId || !chat || !chat.is_member || !last ||
+          document.visibilityState === "hidden") return;
+      try {
+        await api("POST", "/chats/" + chatId + "/read", { message_id: last });
+      } catch (err) { return; }
+      chat.unread = 0;
+      chat.unread_capped = false;
+      renderChats();
+    }, 200));
+  }
+
+  async function startDirect(userId) {
+    try {
+      const chat = await api("POST", "/chats/create", { kind: "direct", user_id: userId });
+      await refreshChats();
+      await openChat(chat.id, true);
+    } catch (err) { showError("new-chat-error", err); }
+  }
+
+  // ---- Members -------------------------------------------------------------
+
+  async function refreshMembers() {
+    const chatId = state.current;
+    const chat = state.chats.get(chatId);
+    if (!chat || $("members").hidden) return;
+    let members;
+    try { members = await api("GET", "/chats/" + chatId + "/members"); } catch (err) {
+      return showError("members-error", err);
+    }
+    if (state.current !== chatId) return;
+    showError("members-error", null);
+    const mine = members.find((m) => m.user_id === state.me.id);
+    const manages = chat.kind !== "direct" && ((mine && mine.role === "owner") || state.me.is_admin);
+    $("member-list").replaceChildren(...members.map((m) => {
+      const li = document.createElement("li");
+      li.textContent = m.username + (m.role === "owner" ? " (owner)" : "");
+      if (manages && m.user_id !== state.me.id) {
+        const remove = document.createElement("button");
+        remove.type = "button";
+        remove.textContent = "Remove";
+        remove.setAttribute("aria-label", "Remove " + m.username);
+        remove.addEventListener("click", async () => {
+          try { await api("DELETE", "/chats/" + chatId + "/members/" + m.user_id); } catch (err) {
+            return showError("members-error", err);
+          }
+          refreshMembers();
+        });
+        li.append(remove);
+      }
+      return li;
+    }));
+    const form = $("add-member-form");
+    form.hidden = !manages;
+    const inside = new Set(members.map((m) => m.user_id));
+    $("add-member-user").replaceChildren(...[...state.users.values()]
+      .filter((u) => !inside.has(u.id))
+      .map((u) => new Option(u.username, String(u.id))));
   }
 
   async function refreshUsers() {
@@ -348,6 +474,15 @@
       status.className = "visually-hidden";
       status.textContent = u.is_online ? " (online)" : " (offline)";
       li.append(status);
+      if (state.me && u.id !== state.me.id) {
+        const dm = document.createElement("button");
+        dm.type = "button";
+        dm.className = "dm";
+        dm.textContent = "DM";
+        dm.setAttribute("aria-label", "Direct chat with " + u.username);
+        dm.addEventListener("click", () => startDirect(u.id));
+        li.append(dm);
+      }
       return li;
     }));
   }
@@ -355,7 +490,12 @@
   // ---- History -------------------------------------------------------------
 
   async function openChat(id, byUser) {
-    if (state.current && state.current !== id) send({ type: "leave", chat_id: state.current });
+    const previous = state.chats.get(state.current);
+    if (state.current && state.current !== id) {
+      // A chat one is a member of stays followed: its badge keeps counting.
+      if (previous && previous.is_member) state.following.add(state.current);
+      else send({ type: "leave", chat_id: state.current });
+    }
     const generation = ++state.generation;
     state.current = id;
     state.seen = new Set();
@@ -370,7 +510,11 @@
     $("jump").hidden = true;
     renderPending();
     showError("chat-error", null);
-    $("chat-title").textContent = (state.chats.get(id) || { name: "Chat " + id }).name;
+    const opened = state.chats.get(id);
+    $("chat-title").textContent = opened ? chatLabel(opened) : "Chat " + id;
+    $("members-toggle").hidden = !opened || opened.kind === "public";
+    $("members").hidden = true;
+    $("members-toggle").setAttribute("aria-expanded", "false");
     history.replaceState(null, "", "#chat=" + id);
     renderChats();
     showScreen("chat");
@@ -388,6 +532,9 @@
     setComposer(true);
     scrollToBottom();
     join(id);
+    // Joining makes one a member (a public chat included): its badge counts from now on.
+    if (opened) opened.is_member = true;
+    markRead(id);
     if (byUser || document.activeElement === document.body) $("composer-text").focus({ preventScroll: true });
     fillHistory();
   }
@@ -613,6 +760,7 @@
     ws.addEventListener("open", () => {
       if (state.ws !== ws) return;
       state.retry = 0;
+      state.following = new Set();  // a new socket follows nothing yet
       setConnection("connected", "connected");
       renderUsers();
       // Catch up on the open chat only (one join: the frame rate limit is per socket).
@@ -690,6 +838,13 @@
           if (mine) renderPending();
           keepInPlace(() => addMessages([frame], "end"));
           if (stick) scrollToBottom(); else $("jump").hidden = false;
+          markRead(frame.chat_id);
+        } else if (state.me && frame.owner_id !== state.me.id) {
+          const chat = state.chats.get(frame.chat_id);
+          if (chat && chat.is_member) {
+            chat.unread = Math.min(999, (chat.unread || 0) + 1);
+            renderChats();
+          }
         }
         if (mine) updateConnectionNote();
         return;
@@ -701,8 +856,40 @@
         return;
       case "chat_created":
         if (frame.chat && !state.chats.has(frame.chat.id)) {
-          state.chats.set(frame.chat.id, frame.chat);
+          // A private or direct chat is announced to its members only.
+          const member = frame.chat.kind !== "public" || (state.me && frame.chat.owner_id === state.me.id);
+          state.chats.set(frame.chat.id, { ...frame.chat, is_member: member, unread: 0 });
+          if (frame.chat.kind === "direct") refreshChats();  // the other user's name
           renderChats();
+          followChats();
+        }
+        return;
+      case "read":
+        // Read on another device (or tab): this one's badge follows.
+        if (frame.chat_id !== state.current) refreshChats();
+        return;
+      case "member_added":
+        if (state.me && frame.user_id === state.me.id) refreshChats();
+        if (frame.chat_id === state.current) refreshMembers();
+        return;
+      case "member_role":
+        if (frame.chat_id === state.current) refreshMembers();
+        return;
+      case "member_removed":
+      case "member_left":
+        if (state.me && frame.user_id === state.me.id) {
+          state.following.delete(frame.chat_id);
+          const chat = state.chats.get(frame.chat_id);
+          if (chat && chat.kind !== "public") state.chats.delete(frame.chat_id);
+          else if (chat) chat.is_member = false;
+          renderChats();
+          if (frame.chat_id === state.current) {
+            setComposer(false);
+            showError("chat-error", { message: frame.type === "member_left"
+              ? "You left this chat." : "You were removed from this chat." });
+          }
+        } else if (frame.chat_id === state.current) {
+          refreshMembers();
         }
         return;
       case "presence":
@@ -773,6 +960,7 @@
       const checks = { "reg-email": CHECKS.email, "reg-username": CHECKS.username, "reg-password": CHECKS.password };
       if (!checkForm("reg-error", checks)) return;
       const data = formData(event.target);
+      if (!data.invite) delete data.invite;
       try {
         signIn(await api("POST", "/auth/reg", data));
         event.target.reset();
@@ -788,14 +976,38 @@
         return;
       }
       try {
-        const chat = await api("POST", "/chats/create", { name: input.value });
+        const kind = $("new-chat-private").checked ? "private" : "public";
+        const chat = await api("POST", "/chats/create", { name: input.value, kind });
         input.value = "";
-        state.chats.set(chat.id, chat);
+        $("new-chat-private").checked = false;
+        state.chats.set(chat.id, { ...chat, is_member: true, role: "owner", unread: 0 });
         renderChats();
         await openChat(chat.id, true);
       } catch (err) { showError("new-chat-error", err); }
     });
     $("logout").addEventListener("click", logout);
+    $("members-toggle").addEventListener("click", () => {
+      const open = $("members").hidden;
+      $("members").hidden = !open;
+      $("members-toggle").setAttribute("aria-expanded", String(open));
+      if (open) refreshMembers();
+    });
+    $("add-member-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const userId = Number($("add-member-user").value);
+      if (!userId) return;
+      try {
+        await api("POST", "/chats/" + state.current + "/members", { user_id: userId });
+      } catch (err) { return showError("members-error", err); }
+      refreshMembers();
+    });
+    $("new-invite").addEventListener("click", async () => {
+      try {
+        const invite = await api("POST", "/invites", { uses: 1 });
+        $("invite-code").textContent = "Invite code (one registration, until " +
+          invite.expires_at.slice(0, 10) + "): " + invite.code;
+      } catch (err) { $("invite-code").textContent = err.message; }
+    });
     $("load-older").addEventListener("click", loadOlder);
     $("jump").addEventListener("click", () => {
       scrollToBottom();
