@@ -1,4 +1,4 @@
-"""`python -m bench [all|fanout|ingest|history|connections|login ...]`.
+"""`python -m bench [all|fanout|ingest|history|connections|login|unread ...]`.
 
 The ChatAPI server (and each baseline server) runs pinned to core 0, this process
 (the load generator) to core 1. Results: printed, written to bench/results/latest.md
@@ -20,7 +20,7 @@ from . import profiler
 from .common import RESULTS, Outcome, dump_json, pin_generator
 from .report import render, update_benchmarks
 
-SCENARIOS = ("fanout", "ingest", "history", "connections", "login", "postgres")
+SCENARIOS = ("fanout", "ingest", "history", "connections", "login", "unread", "postgres")
 # `all`: the SQLite scenarios; `postgres` needs a PostgreSQL server and is run by name.
 ALL = SCENARIOS[:-1]
 

@@ -142,6 +142,7 @@ async def test_users_me(client, register):
         "email": "alice@example.com",
         "username": "alice",
         "is_online": False,
+        "is_admin": False,
     }
 
 
