@@ -414,9 +414,10 @@ async def chat_access(db: Database, chat_id: int, user_id: int) -> dict[str, Any
 
 
 async def chats_of(db: Database, user_id: int, cap: int) -> list[dict[str, Any]]:
-    """Public chats and the user's own, by id: kind, role, last_read_id, `unread` (the
-    others' messages among the first `cap` + 1 after the marker, for member chats) and
-    for a direct chat the other user (`other_id`, `other_username`)."""
+    """Public chats and the user's own, by id: kind, role, last_read_id and, for member
+    chats, `counted` (messages after the marker, counted up to `cap` + 1) and `unread`
+    (the others' among them; `cap` once `counted` is over it), and for a direct chat
+    the other user (`other_id`, `other_username`)."""
     return await db.chats_of(user_id, cap)
 
 

@@ -603,23 +603,31 @@ class PostgresDatabase(Database):
         return dict(row) if row else None
 
     async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]:
-        # Each count reads at most cap + 1 index entries past the marker.
+        # `counted` reads at most cap + 1 entries of the (chat_id, id) index past the
+        # marker; only a chat with at most `cap` of them has its own messages told
+        # apart, reading at most `cap` rows (CASE evaluates that subquery only then).
         rows = await self.pool.fetch(
             """SELECT c.id, c.name, c.owner_id, c.created_at, c.kind, m.role, m.last_read_id,
-                      w.unread, w.counted, o.id AS other_id, o.username AS other_username
+                      w.counted,
+                      CASE WHEN w.counted IS NULL THEN NULL
+                           WHEN w.counted > $2 THEN $2
+                           ELSE (SELECT count(*) FROM messages x
+                                 WHERE x.chat_id = c.id AND x.id > m.last_read_id
+                                   AND x.owner_id <> $1) END AS unread,
+                      o.id AS other_id, o.username AS other_username
                FROM chats c
                LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = $1
                LEFT JOIN LATERAL (
-                   SELECT count(*) FILTER (WHERE x.owner_id <> $1) AS unread, count(*) AS counted
-                   FROM (SELECT owner_id FROM messages
-                         WHERE chat_id = c.id AND id > m.last_read_id
-                         ORDER BY id LIMIT $2) x) w ON m.user_id IS NOT NULL
+                   SELECT count(*) AS counted FROM (
+                       SELECT 1 FROM messages
+                       WHERE chat_id = c.id AND id > m.last_read_id
+                       ORDER BY id LIMIT $2 + 1) x) w ON m.user_id IS NOT NULL
                LEFT JOIN direct_pairs d ON d.chat_id = c.id
                LEFT JOIN users o
                    ON o.id = CASE WHEN d.low_id = $1 THEN d.high_id ELSE d.low_id END
                WHERE c.kind = 'public' OR m.user_id IS NOT NULL
                ORDER BY c.id""",
-            user_id, cap + 1,
+            user_id, cap,
         )
         return [dict(row) for row in rows]
 

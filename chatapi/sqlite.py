@@ -350,29 +350,31 @@ class SQLiteDatabase(Database):
         return dict(rows[0]) if rows else None
 
     async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]:
-        # Each count reads at most cap + 1 index entries past the marker.
+        # `counted` reads at most cap + 1 entries of the (chat_id, id) index past the
+        # marker, never a row; only a chat with at most `cap` of them has its own
+        # messages told apart, reading at most `cap` rows.
         rows = await self.read(
-            f"""SELECT {_CHAT_COLUMNS}, m.role, m.last_read_id,
-                    CASE WHEN m.user_id IS NULL THEN NULL ELSE (
-                        SELECT count(*) FROM (
-                            SELECT x.owner_id FROM messages x
-                            WHERE x.chat_id = c.id AND x.id > m.last_read_id
-                            ORDER BY x.id LIMIT :window) w
-                        WHERE w.owner_id != :user) END AS unread,
-                    CASE WHEN m.user_id IS NULL THEN NULL ELSE (
-                        SELECT count(*) FROM (
-                            SELECT 1 FROM messages x
-                            WHERE x.chat_id = c.id AND x.id > m.last_read_id
-                            ORDER BY x.id LIMIT :window)) END AS counted,
-                    o.id AS other_id, o.username AS other_username
-                FROM chats c
-                LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = :user
-                LEFT JOIN direct_pairs d ON d.chat_id = c.id
-                LEFT JOIN users o
-                    ON o.id = CASE WHEN d.low_id = :user THEN d.high_id ELSE d.low_id END
-                WHERE c.kind = 'public' OR m.user_id IS NOT NULL
-                ORDER BY c.id""",
-            {"user": user_id, "window": cap + 1},
+            f"""SELECT t.*, CASE WHEN t.counted IS NULL THEN NULL
+                                 WHEN t.counted > :cap THEN :cap
+                                 ELSE (SELECT count(*) FROM messages x
+                                       WHERE x.chat_id = t.id AND x.id > t.last_read_id
+                                         AND x.owner_id != :user) END AS unread
+                FROM (
+                    SELECT {_CHAT_COLUMNS}, m.role, m.last_read_id,
+                        CASE WHEN m.user_id IS NULL THEN NULL ELSE (
+                            SELECT count(*) FROM (
+                                SELECT 1 FROM messages x
+                                WHERE x.chat_id = c.id AND x.id > m.last_read_id
+                                ORDER BY x.id LIMIT :cap + 1)) END AS counted,
+                        o.id AS other_id, o.username AS other_username
+                    FROM chats c
+                    LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = :user
+                    LEFT JOIN direct_pairs d ON d.chat_id = c.id
+                    LEFT JOIN users o
+                        ON o.id = CASE WHEN d.low_id = :user THEN d.high_id ELSE d.low_id END
+                    WHERE c.kind = 'public' OR m.user_id IS NOT NULL) t
+                ORDER BY t.id""",
+            {"user": user_id, "cap": cap},
         )
         return [dict(row) for row in rows]
 
