@@ -73,12 +73,12 @@ def schemas(config: Config) -> dict[str, Schema]:
                     "minimum": 0,
                     "maximum": UNREAD_CAP,
                     "description": "members only: messages after the read marker not sent by "
-                    f"the caller, counted up to {UNREAD_CAP}",
+                    f"the caller; {UNREAD_CAP} when capped",
                 },
                 "unread_capped": {
                     "type": "boolean",
-                    "description": "members only: more messages follow than were counted "
-                    f"(show {UNREAD_CAP}+)",
+                    "description": f"members only: more than {UNREAD_CAP} messages (from "
+                    f"anyone) follow the marker; show {UNREAD_CAP}+",
                 },
                 "other_user": {
                     "type": "object",
