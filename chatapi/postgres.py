@@ -30,6 +30,7 @@ SCHEMA_VERSION = 1
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
+IDLE_IN_TRANSACTION = "30s"  # PostgreSQL ends a session left this long inside a transaction
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
 CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
 
@@ -553,7 +554,12 @@ async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> Post
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             command_timeout=QUERY_TIMEOUT,
-            server_settings={"application_name": "chatapi"},
+            server_settings={
+                "application_name": "chatapi",
+                # A process stalled inside a transaction (frozen, or its loop gone)
+                # would hold its row locks, a chat's included, for every process.
+                "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION,
+            },
         )
     except (ValueError, *DOWN) as exc:
         reason = _without_secret(str(exc) or type(exc).__name__, url)
