@@ -108,6 +108,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await realtime.presence_written()
     with contextlib.suppress(Exception):  # the database may be away: leases expire anyway
         await db.set_everybody_offline(database)
     await database.close()

@@ -123,7 +123,11 @@ class PostgresDatabase(Database):
                 await self.pool.execute("""DELETE FROM nodes WHERE id = $1""", self.node_id)
         except DOWN:
             log.warning("could not remove this process's lease (it expires by itself)")
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("database connections still busy at close: cut")
+            self.pool.terminate()
 
     async def ping(self) -> None:
         await self.pool.fetchval("""SELECT 1""", timeout=QUERY_TIMEOUT)
@@ -215,12 +219,15 @@ class PostgresDatabase(Database):
         )
         if not renewed:
             await self.register_node()
-            await self.pool.execute(
-                """INSERT INTO presence (node_id, user_id)
-                   SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
-                   ON CONFLICT DO NOTHING""",
-                self.node_id, list(sockets),
-            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    """INSERT INTO presence (node_id, user_id)
+                       SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
+                       ON CONFLICT DO NOTHING""",
+                    self.node_id, list(sockets),
+                )
+                if sockets:  # others took these users offline with the lapsed lease
+                    await self._notify(conn, f"{PRESENCE}:" + ",".join(map(str, sockets)))
         # Only rows that exist: a socket count never brings a user online.
         await self.pool.execute(
             """UPDATE presence p SET sockets = c.sockets
@@ -279,7 +286,12 @@ class PostgresDatabase(Database):
     async def set_everybody_offline(self) -> None:
         # Other processes' users stay online: only this process's sockets and
         # lapsed leases are forgotten.
-        await self.pool.execute("""DELETE FROM presence WHERE node_id = $1""", self.node_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """DELETE FROM presence WHERE node_id = $1 RETURNING user_id""", self.node_id
+            )
+            if rows:
+                await self._notify(conn, f"{PRESENCE}:" + ",".join(str(r[0]) for r in rows))
         await self.reap_nodes()
 
     async def presence_of(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
