@@ -94,7 +94,7 @@ class PostgresBus(Bus):
         kind, _, rest = payload.partition(":")
         try:
             if kind == "m":
-                self._ring(None if rest == "*" else {int(i) for i in rest.split(",")})
+                self._ring({int(i) for i in rest.split(",")})
             elif kind == "u":
                 self._spawn(self.check_tokens([int(rest)]))
             elif kind == "p":

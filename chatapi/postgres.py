@@ -226,8 +226,8 @@ class PostgresDatabase(Database):
                        ON CONFLICT DO NOTHING""",
                     self.node_id, list(sockets),
                 )
-                if sockets:  # others took these users offline with the lapsed lease
-                    await self._notify(conn, f"{PRESENCE}:" + ",".join(map(str, sockets)))
+                # Others took these users offline with the lapsed lease.
+                await self._notify_ids(conn, PRESENCE, list(sockets))
         # Only rows that exist: a socket count never brings a user online.
         await self.pool.execute(
             """UPDATE presence p SET sockets = c.sockets
@@ -260,8 +260,7 @@ class PostgresDatabase(Database):
                          AND n.id NOT IN (SELECT id FROM gone))""",
                 self.node_id,
             )
-            if rows:
-                await self._notify(conn, f"{PRESENCE}:" + ",".join(str(r["id"]) for r in rows))
+            await self._notify_ids(conn, PRESENCE, [row["id"] for row in rows])
         return [dict(row) for row in rows]
 
     async def set_online(self, user_id: int, online: bool) -> None:
@@ -290,8 +289,7 @@ class PostgresDatabase(Database):
             rows = await conn.fetch(
                 """DELETE FROM presence WHERE node_id = $1 RETURNING user_id""", self.node_id
             )
-            if rows:
-                await self._notify(conn, f"{PRESENCE}:" + ",".join(str(r[0]) for r in rows))
+            await self._notify_ids(conn, PRESENCE, [row[0] for row in rows])
         await self.reap_nodes()
 
     async def presence_of(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -411,15 +409,26 @@ class PostgresDatabase(Database):
             }
             results = [await _insert_one(conn, draft, existing) for draft in drafts]
             touched = sorted({s.message["chat_id"] for s in results if s.is_new and s.message})
-            if touched:
-                payload = f"{MESSAGES}:" + ",".join(map(str, touched))
-                await self._notify(conn, payload if len(payload) < MAX_PAYLOAD else f"{MESSAGES}:*")
+            await self._notify_ids(conn, MESSAGES, touched)
         return results
 
     # The bus between processes
 
     async def _notify(self, conn: asyncpg.Connection, payload: str) -> None:
         await conn.execute("""SELECT pg_notify($1, $2)""", self.channel, payload)
+
+    async def _notify_ids(self, conn: asyncpg.Connection, kind: str, ids: Sequence[int]) -> None:
+        """`kind:id,id,...` notifications, as many as the payload limit needs."""
+        chunk: list[str] = []
+        size = len(kind) + 1
+        for text in map(str, ids):
+            if chunk and size + len(text) + 1 >= MAX_PAYLOAD:
+                await self._notify(conn, f"{kind}:" + ",".join(chunk))
+                chunk, size = [], len(kind) + 1
+            chunk.append(text)
+            size += len(text) + 1
+        if chunk:
+            await self._notify(conn, f"{kind}:" + ",".join(chunk))
 
     async def notify(self, payload: str) -> None:
         """Send a notification on this database's channel (delivered after commit)."""

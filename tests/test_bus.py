@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import connect, create_chat, next_frame
 
@@ -47,3 +49,25 @@ async def test_a_message_posted_on_one_application_reaches_sockets_of_another(
     frames = [await next_frame(reader) for _ in range(20)]
     assert [f["text"] for f in frames] == [f"m{n}" for n in range(20)]
     assert [f["id"] for f in frames] == sorted(f["id"] for f in frames)
+
+
+@pytest.mark.postgres_only
+async def test_many_ids_are_split_over_notifications_below_the_payload_limit(database):
+    from chatapi import postgres
+
+    store = await postgres.open_database(database)
+    payloads: list[str] = []
+    listener = await store.listen(payloads.append, lambda: None)
+    try:
+        async with store.pool.acquire() as conn, conn.transaction():
+            await store._notify_ids(conn, postgres.PRESENCE, list(range(10**12, 10**12 + 3000)))
+        for _ in range(100):
+            if sum(p.count(",") + 1 for p in payloads) >= 3000:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await listener.close()
+        await store.close()
+    assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
+    ids = [int(i) for p in payloads for i in p.removeprefix("p:").split(",")]
+    assert ids == list(range(10**12, 10**12 + 3000))
