@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from conftest import readme_block
+from conftest import readme_block, run_sql
 from test_faults import (
     HTTP_TIMEOUT,
     WS_TIMEOUT,
@@ -317,7 +317,13 @@ async def test_postgres_restarted_under_load_every_process_recovers(cluster):
             check=False,
         )
         assert restart.returncode == 0, restart.stderr
-        await asyncio.wait_for(asyncio.gather(*posting), 120)
+        try:
+            await asyncio.wait_for(asyncio.gather(*posting), 120)
+        except TimeoutError:
+            raise AssertionError(
+                f"{len(acked)} of 120 acknowledged; errors {errors[-3:]}\n"
+                + "\n".join(server.log[-3000:] for server in servers)
+            ) from None
         await eventually(lambda: _healthy(http, servers[0].url), 30, "server 0 healthy again")
         await eventually(lambda: _healthy(http, servers[1].url), 30, "server 1 healthy again")
         poller.cancel()
@@ -413,12 +419,18 @@ async def test_failed_logins_are_counted_across_processes(cluster):
             await api(http, "POST", server.url + "/auth/login", body=wrong, status=429)
 
 
-async def test_the_socket_cap_counts_sockets_on_every_process(cluster):
+async def test_the_socket_cap_counts_sockets_on_every_process(cluster, postgres_url):
     first, second = await cluster(2, CHATAPI_MAX_SOCKETS_PER_USER="2")
     async with session() as http:
         alice = await register(http, first.url, "alice")
         a = await http.ws_connect(first.ws_url, params={"token": alice["token"]})
         b = await http.ws_connect(second.ws_url, params={"token": alice["token"]})
+
+        async def recorded_on_both() -> bool:  # each process records its socket after the upgrade
+            rows = await run_sql(postgres_url, "SELECT count(*) FROM presence")
+            return rows == [(2,)]
+
+        await eventually(recorded_on_both, 10, "both processes recorded alice's socket")
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(first.ws_url, params={"token": alice["token"]})
         assert refused.value.status == 429
