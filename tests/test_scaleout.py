@@ -368,6 +368,41 @@ async def _post_through_errors(http: aiohttp.ClientSession, ws_url: str, token: 
             await asyncio.sleep(0.2)
 
 
+# SIGTERM on one process
+
+
+async def test_sigterm_on_one_process_closes_its_sockets_and_the_others_keep_serving(cluster):
+    leaving, staying = await cluster(2)
+    async with session() as http:
+        alice = await register(http, staying.url, "alice")  # on both processes
+        bob = await register(http, staying.url, "bob")  # only on the one that leaves
+        chat = await create_chat(http, staying.url, alice["token"], "sigterm")
+        on_leaving = [await http.ws_connect(leaving.ws_url, params={"token": user["token"]})
+                      for user in (alice, bob)]
+        on_staying = await http.ws_connect(staying.ws_url, params={"token": alice["token"]})
+        await eventually(lambda: _contains(online_users(http, staying.url, alice["token"]), "bob"),
+                         10, "bob online")
+        assert await leaving.terminate(10) < 10 and leaving.returncode == 0
+        for ws in on_leaving:
+            msg = await _skip_presence(ws)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+        await eventually(lambda: _lacks(online_users(http, staying.url, alice["token"]), "bob"),
+                         5, "bob offline once his only process stopped")
+        assert "alice" in await online_users(http, staying.url, alice["token"])
+        await on_staying.send_json({"chat_id": chat, "text": "still here"})
+        msg = await _skip_presence(on_staying)
+        assert json.loads(msg.data)["text"] == "still here"
+        await on_staying.close()
+
+
+async def _skip_presence(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """The next message of the socket that is not a presence frame."""
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type != aiohttp.WSMsgType.TEXT or json.loads(msg.data)["type"] != "presence":
+            return msg
+
+
 # (f) logout on one process
 
 
