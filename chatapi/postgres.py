@@ -133,15 +133,14 @@ class PostgresDatabase(Database):
         await self.pool.fetchval("""SELECT 1""", timeout=QUERY_TIMEOUT)
 
     async def get_or_create_secret(self, candidate: str) -> str:
-        return await self.pool.fetchval(
-            """WITH new AS (
-                   INSERT INTO settings (key, value) VALUES ('token_secret', $1)
-                   ON CONFLICT DO NOTHING RETURNING value)
-               SELECT value FROM new UNION ALL
-               SELECT value FROM settings WHERE key = 'token_secret'
-               LIMIT 1""",
+        # Two statements, two snapshots: when another process inserts its secret at
+        # the same moment, ours waits for it, and the read then sees the winner.
+        await self.pool.execute(
+            """INSERT INTO settings (key, value) VALUES ('token_secret', $1)
+               ON CONFLICT DO NOTHING""",
             candidate,
         )
+        return await self.pool.fetchval("""SELECT value FROM settings WHERE key = 'token_secret'""")
 
     # Users
 
@@ -407,7 +406,7 @@ class PostgresDatabase(Database):
                     chat_ids,
                 )
             }
-            results = [await _insert_one(conn, draft, existing) for draft in drafts]
+            results = await _insert_batch(conn, drafts, existing)
             touched = sorted({s.message["chat_id"] for s in results if s.is_new and s.message})
             await self._notify_ids(conn, MESSAGES, touched)
         return results
@@ -467,24 +466,53 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
-    if draft.chat_id not in chats:
-        return Stored(None, error=f"chat {draft.chat_id} does not exist")
-    row = await conn.fetchrow(
-        """INSERT INTO messages (chat_id, owner_id, text, nonce) VALUES ($1, $2, $3, $4)
+async def _insert_batch(
+    conn: asyncpg.Connection, drafts: Sequence[Draft], chats: set[int]
+) -> list[Stored]:
+    """Insert the drafts of existing chats in one statement, ids taken in draft order."""
+    valid = [n for n, draft in enumerate(drafts) if draft.chat_id in chats]
+    rows = await conn.fetch(
+        """INSERT INTO messages (chat_id, owner_id, text, nonce)
+           SELECT chat_id, owner_id, text, nonce
+           FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+                WITH ORDINALITY AS d (chat_id, owner_id, text, nonce, n)
+           ORDER BY n
            ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
            RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-        draft.chat_id, draft.owner_id, draft.text, draft.nonce,
+        [drafts[n].chat_id for n in valid], [drafts[n].owner_id for n in valid],
+        [drafts[n].text for n in valid], [drafts[n].nonce for n in valid],
     )
-    if row is not None:
-        return Stored({**dict(row), "username": draft.username}, is_new=True)
-    # The nonce was used: a statement of its own sees the committed original.
-    original = await conn.fetchrow(
-        f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
-            WHERE m.owner_id = $1 AND m.nonce = $2""",
-        draft.owner_id, draft.nonce,
-    )
-    return Stored(dict(original))
+    # Ids grow in draft order; a draft without a nonce is always inserted, so the
+    # rows without one pair with those drafts in order; the others go by nonce.
+    rows = sorted(rows, key=lambda row: row["id"])
+    plain = iter(row for row in rows if row["nonce"] is None)
+    by_nonce = {(row["owner_id"], row["nonce"]): row for row in rows if row["nonce"] is not None}
+    results: list[Stored | None] = [None] * len(drafts)
+    repeated: list[int] = []
+    for n, draft in enumerate(drafts):
+        if draft.chat_id not in chats:
+            results[n] = Stored(None, error=f"chat {draft.chat_id} does not exist")
+            continue
+        row = next(plain) if draft.nonce is None else by_nonce.pop((draft.owner_id, draft.nonce), None)
+        if row is None:
+            repeated.append(n)  # the nonce was used before (or earlier in this batch)
+        else:
+            results[n] = Stored({**dict(row), "username": draft.username}, is_new=True)
+    if repeated:
+        # A statement of its own sees the originals, committed or from this batch.
+        originals = {
+            (row["owner_id"], row["nonce"]): dict(row)
+            for row in await conn.fetch(
+                f"""SELECT {_MESSAGE_COLUMNS}
+                    FROM unnest($1::bigint[], $2::text[]) AS r (owner_id, nonce)
+                    JOIN messages m ON m.owner_id = r.owner_id AND m.nonce = r.nonce
+                    JOIN users u ON u.id = m.owner_id""",
+                [drafts[n].owner_id for n in repeated], [drafts[n].nonce for n in repeated],
+            )
+        }
+        for n in repeated:
+            results[n] = Stored(originals[(drafts[n].owner_id, drafts[n].nonce)])
+    return results  # type: ignore[return-value]
 
 
 async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
