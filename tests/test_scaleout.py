@@ -50,11 +50,13 @@ async def cluster(backend, postgres_url, tmp_path):
     started: list[ServerProcess] = []
 
     async def start(count: int = 1, *args: str, **env: str) -> list[ServerProcess]:
-        servers = await asyncio.gather(
-            *(ServerProcess(postgres_url, *args, cwd=tmp_path, **env).start() for _ in range(count))
-        )
-        started.extend(servers)
-        return list(servers)
+        servers = [ServerProcess(postgres_url, *args, cwd=tmp_path, **env) for _ in range(count)]
+        outcomes = await asyncio.gather(*(s.start() for s in servers), return_exceptions=True)
+        started.extend(s for s, outcome in zip(servers, outcomes) if outcome is s)
+        for outcome in outcomes:  # a failed start is reported once the others are recorded
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return servers
 
     yield start
     await asyncio.gather(*(server.kill() for server in started))
@@ -500,6 +502,22 @@ async def test_workers_serve_one_port_from_several_processes(cluster):
     assert children.count("--reuse-port") == 2
     assert await supervisor.terminate(30) < 30
     assert supervisor.returncode == 0
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(cluster):
+    (supervisor,) = await cluster(1, "--workers", "2")
+    listed = await asyncio.to_thread(
+        subprocess.run, ["ps", "--ppid", str(supervisor.proc.pid), "-o", "pid="],
+        capture_output=True, text=True, check=False,
+    )
+    workers = [int(pid) for pid in listed.stdout.split()]
+    assert len(workers) == 2
+    await supervisor.kill()
+
+    async def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+    await eventually(all_gone, 15, "workers gone after kill -9 of their supervisor")
 
 
 def test_workers_are_refused_on_sqlite_with_one_line(tmp_path):
