@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -18,6 +19,7 @@ import traceback
 
 from . import profiler
 from .common import RESULTS, Outcome, dump_json, pin_generator
+from .launch import LOOPS
 from .report import render, update_benchmarks
 
 SCENARIOS = ("fanout", "ingest", "history", "connections", "login")
@@ -37,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--update-md", action="store_true",
                    help="write the results into BENCHMARKS.md (between its markers)")
+    p.add_argument(
+        "--loop", choices=LOOPS, default="asyncio",
+        help="the event loop of every server of the run (ChatAPI, baselines, peer); "
+        "uvloop needs the bench extra",
+    )
     args = p.parse_args(argv)
+    os.environ["BENCH_LOOP"] = args.loop  # read by bench.launch in every server process
     names = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
     if args.profile:
         profiler.enable()
@@ -67,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             outcome.notes.append("profiled run (py-spy attached): figures are perturbed")
         outcomes.append(outcome)
     seconds = time.perf_counter() - t0
-    block = render(outcomes, command.strip(), started, seconds)
+    block = render(outcomes, command.strip(), started, seconds, args.loop)
     print("\n" + block)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.md").write_text(block)
-    dump_json(RESULTS / "latest.json", {
-        "command": command, "started": started, "seconds": seconds,
+    suffix = "" if args.loop == "asyncio" else f"-{args.loop}"
+    (RESULTS / f"latest{suffix}.md").write_text(block)
+    dump_json(RESULTS / f"latest{suffix}.json", {
+        "command": command, "started": started, "seconds": seconds, "loop": args.loop,
         "outcomes": [dataclasses.asdict(o) for o in outcomes],
     })
     if args.update_md:
-        if update_benchmarks(block):
+        if update_benchmarks(block, args.loop):
             print("BENCHMARKS.md updated", flush=True)
         else:
             print("BENCHMARKS.md has no results markers: not updated", flush=True)
