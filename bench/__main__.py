@@ -19,6 +19,7 @@ import traceback
 
 from . import profiler
 from .common import RESULTS, Outcome, dump_json, pin_generator
+from .experiments import EXPERIMENTS
 from .launch import LOOPS
 from .report import render, update_benchmarks
 
@@ -44,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the event loop of every server of the run (ChatAPI, baselines, peer); "
         "uvloop needs the bench extra",
     )
+    p.add_argument(
+        "--experiment", choices=sorted(EXPERIMENTS),
+        help="patch a proposed change into the ChatAPI server (bench/experiments.py)",
+    )
     args = p.parse_args(argv)
     os.environ["BENCH_LOOP"] = args.loop  # read by bench.launch in every server process
+    if args.experiment:
+        os.environ["BENCH_EXPERIMENT"] = args.experiment
     names = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
     if args.profile:
         profiler.enable()
@@ -73,18 +80,24 @@ def main(argv: list[str] | None = None) -> int:
             outcome.notes.append(note)
         if args.profile:
             outcome.notes.append("profiled run (py-spy attached): figures are perturbed")
+        if args.experiment:
+            outcome.notes.append(f"experiment {args.experiment} patched into ChatAPI "
+                                 "(bench/experiments.py): not the server as committed")
         outcomes.append(outcome)
     seconds = time.perf_counter() - t0
     block = render(outcomes, command.strip(), started, seconds, args.loop)
     print("\n" + block)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.loop == "asyncio" else f"-{args.loop}"
+    suffix += f"-{args.experiment}" if args.experiment else ""
     (RESULTS / f"latest{suffix}.md").write_text(block)
     dump_json(RESULTS / f"latest{suffix}.json", {
         "command": command, "started": started, "seconds": seconds, "loop": args.loop,
         "outcomes": [dataclasses.asdict(o) for o in outcomes],
     })
-    if args.update_md:
+    if args.update_md and args.experiment:
+        print("not updating BENCHMARKS.md from an experiment run", flush=True)
+    elif args.update_md:
         if update_benchmarks(block, args.loop):
             print("BENCHMARKS.md updated", flush=True)
         else:

@@ -39,6 +39,11 @@ def main() -> None:
         raise SystemExit("usage: python -m bench.launch MODULE [ARGS...]")
     install_loop()
     module = sys.argv[1]
+    experiment = os.environ.get("BENCH_EXPERIMENT")
+    if experiment and module == "chatapi":
+        from .experiments import apply
+
+        apply(experiment)
     sys.argv = [module, *sys.argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
