@@ -263,8 +263,10 @@ def rows_for(label: str, n: int, windows: dict[str, list[dict]], floor_us: float
 async def run(
     quick: bool = False, target: Target | None = None,
     plan: list[tuple[int, float, float]] | None = None, rounds: int | None = None,
+    kinds: tuple[str, ...] = KINDS,
 ) -> Outcome:
-    """Every N of the plan (or `plan`: (N, messages per second, window seconds))."""
+    """Every N of the plan (or `plan`: (N, messages per second, window seconds)),
+    against the servers in `kinds` (the bare broadcast, the peer, ChatAPI)."""
     out = Outcome("fanout")
     if plan is None:
         plan = QUICK_PLAN if quick else PLAN
@@ -275,7 +277,7 @@ async def run(
         floor_us = commit_floor(d)
     out.raw["commit_floor_us"] = floor_us
     for n, rate, seconds in plan:
-        windows = await point(n, rate, seconds, rounds, target)
+        windows = await point(n, rate, seconds, rounds, target, kinds)
         out.raw[f"n{n}"] = windows
         out.rows += rows_for(f"1. fan-out N={n}, {rate:g} msg/s", n, windows, floor_us)
     return out
