@@ -62,6 +62,7 @@ class Side:
     delivered: int = 0
     expected: int = 0
     joined: int = 0
+    errors: list[str] = field(default_factory=list)  # error frames the server sent
     seq: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
     clients: list[WSClient] = field(default_factory=list)
@@ -73,6 +74,8 @@ class Side:
         if i < 0:
             if b'"joined"' in payload:
                 self.joined += 1
+            elif b'"error"' in payload:
+                self.errors.append(payload[:200].decode(errors="replace"))
             return
         sent = self.sent.get(int(payload[i + 6 : payload.find(b"#", i + 6)]))
         if sent is None:
@@ -103,7 +106,12 @@ class Side:
             while self.joined < n and time.perf_counter() < deadline:
                 await asyncio.sleep(0.05)
             if self.joined < n:
-                raise RuntimeError(f"only {self.joined} of {n} subscribers joined")
+                closed = [c.close_code for c in subscribers if c.close_code is not None]
+                raise RuntimeError(
+                    f"only {self.joined} of {n} subscribers joined; error frames: "
+                    f"{self.errors[:3]}; closed sockets: {len(closed)} {sorted(set(closed))[:5]};"
+                    f" server stderr: {self.server.stderr_tail(1000)!r}"
+                )
         self.setup_s = time.perf_counter() - t
 
     async def warm_up(self) -> None:

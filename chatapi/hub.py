@@ -12,6 +12,7 @@ import json
 import logging
 import struct
 from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -375,12 +376,21 @@ class Hub:
         """The users with a socket open in this process."""
         return list(self._by_user)
 
-    def close_revoked(self, versions: dict[int, int]) -> int:
+    def close_revoked(
+        self, versions: dict[int, int], checked: Collection[int] | None = None
+    ) -> int:
         """Close with 4001 each socket whose token version is not its user's current one
-        (`versions`; a user missing from it no longer exists). Returns how many."""
+        (`versions`; a user missing from it no longer exists). Returns how many.
+
+        `checked`: the users whose versions were read; a socket of anybody else (a
+        user who came online while the versions were read) is left alone until the
+        next check. None: every user with a socket was checked.
+        """
         revoked = [
             conn for conn in self.connections
-            if not conn.dropped and versions.get(conn.user_id) != conn.token_version
+            if not conn.dropped
+            and (checked is None or conn.user_id in checked)
+            and versions.get(conn.user_id) != conn.token_version
         ]
         for conn in revoked:
             conn.close(REVOKED, "tokens revoked")
