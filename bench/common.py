@@ -219,6 +219,12 @@ class Server:
         self.stop()
 
 
+# `python -m bench --experiment NAME`: fan-out and ingest add a ChatAPI with that
+# patch (bench/experiments.py) next to the one as committed, and compare the two.
+EXPERIMENT: str | None = None
+CHATAPI_KINDS = ("chatapi", "experiment")
+
+
 def launch(module: str, *args: str) -> list[str]:
     """The command line that runs a server module on the run's event loop (bench.launch)."""
     return [sys.executable, "-m", "bench.launch", module, *args]
@@ -283,9 +289,14 @@ class Target:
         create_database(path, users=users, chats=chats).close()
         return path
 
-    def server(self, database: str) -> Server:
-        """The ChatAPI server on `database` (not started)."""
-        return chatapi_server(database)
+    def server(self, database: str, **env: str) -> Server:
+        """The ChatAPI server on `database` (not started), with extra environment."""
+        return chatapi_server(database, **env)
+
+    def experiment(self, database: str) -> Server:
+        """The same server with the run's experiment patched in (BENCH_EXPERIMENT)."""
+        assert EXPERIMENT is not None
+        return self.server(database, BENCH_EXPERIMENT=EXPERIMENT)
 
 
 def token(user_id: int, version: int = 0, ttl: int = 3600) -> str:

@@ -24,8 +24,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from . import profiler
+from . import common, profiler
 from .common import (
+    CHATAPI_KINDS,
     HOST,
     SOCKETS_PER_USER,
     Meter,
@@ -87,7 +88,7 @@ class Side:
 
     async def setup(self, n: int) -> None:
         t = time.perf_counter()
-        if self.kind == "chatapi":
+        if self.kind in CHATAPI_KINDS:
             # user 1 sends; users 2, 3, ... hold SOCKETS_PER_USER subscriber sockets each
             sub_paths = [f"/chats/ws?token={token(2 + i // SOCKETS_PER_USER)}" for i in range(n)]
             send_path = f"/chats/ws?token={token(1)}"
@@ -98,7 +99,7 @@ class Side:
         self.clients = subscribers
         self.sender = await connect(HOST, self.server.port, send_path, self.on_frame)
         self.clients.append(self.sender)
-        if self.kind == "chatapi":
+        if self.kind in CHATAPI_KINDS:
             join = json.dumps({"type": "join", "chat_id": 1}).encode()
             for client in subscribers:
                 client.send_text(join)
@@ -165,7 +166,8 @@ def best(windows: list[dict], key: str) -> dict:
 PLAN = [(10, 200.0, 3.0), (100, 50.0, 3.0), (200, 50.0, 3.0), (1000, 10.0, 3.0), (5000, 2.0, 4.0)]
 QUICK_PLAN = [(10, 200.0, 1.5), (100, 50.0, 1.5), (1000, 10.0, 2.0)]
 KINDS = ("bare", "peer", "chatapi")
-NAMES = {"bare": "bare broadcast", "peer": "FastAPI peer", "chatapi": "ChatAPI"}
+NAMES = {"bare": "bare broadcast", "peer": "FastAPI peer", "chatapi": "ChatAPI",
+         "experiment": "ChatAPI with the experiment"}
 
 
 async def point(
@@ -177,7 +179,8 @@ async def point(
     with temp_dir("bench-fanout-") as d, contextlib.ExitStack() as stack:
         database = target.database(d, users=1 + users_for(n), chats=1)
         starters = {"bare": lambda: baseline_server("broadcast"), "peer": peer_server,
-                    "chatapi": lambda: target.server(database)}
+                    "chatapi": lambda: target.server(database),
+                    "experiment": lambda: target.experiment(database)}
         sides = [Side(kind, stack.enter_context(starters[kind]())) for kind in kinds]
         try:
             for side in sides:
@@ -222,9 +225,10 @@ def floor_note(n: int, ours: dict, bare: dict, floor_us: float) -> str:
 
 
 def rows_for(label: str, n: int, windows: dict[str, list[dict]], floor_us: float) -> list[Row]:
-    """The rows of one N: ChatAPI against the bare broadcast (targets) and the peer."""
+    """The rows of one N: ChatAPI against the bare broadcast (targets), the peer, and
+    (with --experiment) the patched ChatAPI against the one as committed."""
     rows = []
-    for other, targets in (("bare", True), ("peer", False)):
+    for other, targets in (("bare", True), ("peer", False), ("experiment", False)):
         if other not in windows or "chatapi" not in windows:
             continue
         for metric, key, unit, target, limit, sensitive in (
@@ -254,11 +258,15 @@ def rows_for(label: str, n: int, windows: dict[str, list[dict]], floor_us: float
                 )
             if other == "bare" and not sensitive and not math.isnan(floor_us):
                 notes.append(floor_note(n, ours, base, floor_us))
+            if other == "experiment":  # the experiment is the one measured
+                ours, base = base, ours
+            suffix = {"bare": "", "peer": ", vs the peer",
+                      "experiment": f", experiment {common.EXPERIMENT} vs as committed"}[other]
             rows.append(Row(
-                label if targets else f"{label}, vs the peer", metric, ours[key], base[key],
-                ratio, target if targets else "— (how far ahead)",
+                label + suffix, metric, ours[key], base[key],
+                ours[key] / base[key], target if targets else "—",
                 (ratio <= limit) if targets else None, unit=unit,
-                baseline_name=NAMES[other],
+                baseline_name=NAMES["chatapi" if other == "experiment" else other],
                 server_util=ours["server_util"], generator_util=ours["generator_util"],
                 baseline_server_util=base["server_util"],
                 baseline_generator_util=base["generator_util"],
@@ -271,7 +279,7 @@ def rows_for(label: str, n: int, windows: dict[str, list[dict]], floor_us: float
 async def run(
     quick: bool = False, target: Target | None = None,
     plan: list[tuple[int, float, float]] | None = None, rounds: int | None = None,
-    kinds: tuple[str, ...] = KINDS,
+    kinds: tuple[str, ...] | None = None,
 ) -> Outcome:
     """Every N of the plan (or `plan`: (N, messages per second, window seconds)),
     against the servers in `kinds` (the bare broadcast, the peer, ChatAPI)."""
@@ -281,6 +289,8 @@ async def run(
         if quick:
             out.notes.append("quick run: N=200 and N=5000 skipped, one short window per side")
     rounds = rounds or (1 if quick else 3)
+    if kinds is None:
+        kinds = KINDS + (("experiment",) if common.EXPERIMENT else ())
     with temp_dir("bench-floor-") as d:
         floor_us = commit_floor(d)
     out.raw["commit_floor_us"] = floor_us

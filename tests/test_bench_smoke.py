@@ -16,9 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fanout, ingest
+from bench import common, fanout, ingest
 from bench.common import baseline_server, chatapi_server, commit_floor, temp_dir
 from bench.common import create_database as bench_database
+from bench.experiments import EXPERIMENTS
 from bench.report import render
 
 HAS_PEER = all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn"))
@@ -75,7 +76,14 @@ def test_loop_uvloop_runs_the_servers_on_uvloop(server, monkeypatch):
             assert "uvloop" in maps.read()
 
 
-async def test_chatapi_with_an_experiment_patched_in_still_delivers_everything(monkeypatch):
-    monkeypatch.setenv("BENCH_EXPERIMENT", "one-trip-commit")
-    windows = await fanout.point(2, 20.0, 0.3, 1, kinds=("bare", "chatapi"))
-    delivered_everything(windows)
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+async def test_an_experiment_runs_side_by_side_with_chatapi_as_committed(
+    experiment, monkeypatch
+):
+    if experiment == "orjson-frames":
+        pytest.importorskip("orjson")
+    monkeypatch.setattr(common, "EXPERIMENT", experiment)
+    outcome = await fanout.run(plan=[(2, 20.0, 0.3)], rounds=1, kinds=("bare", "chatapi", "experiment"))
+    delivered_everything(outcome.raw["n2"])
+    label = f"1. fan-out N=2, 20 msg/s, experiment {experiment} vs as committed"
+    assert label in {row.scenario for row in outcome.rows}
