@@ -75,7 +75,7 @@ def _write_now(
     the close) are whole frames on the same transport, so frames never interleave.
     A socket that ChatAPI is closing takes nothing more (`Connection.dropped`).
     """
-    if ws.closed or transport is None or transport.is_closing():
+    if transport is None or ws.closed or transport.is_closing():
         return False
     if transport.get_write_buffer_size() >= high_water:
         return False
