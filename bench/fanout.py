@@ -220,8 +220,9 @@ def floor_note(n: int, ours: dict, bare: dict, floor_us: float) -> str:
         f"per message ChatAPI used {ours_us:.0f} µs of CPU (event loop "
         f"{ours['loop_cpu_per_message_us']:.0f} µs, database thread "
         f"{ours['other_cpu_per_message_us']:.0f} µs), the bare broadcast "
-        f"{bare['loop_cpu_per_message_us']:.0f} µs: {extra:.0f} µs more per message, spread "
-        f"over {frames} frames; one durable commit alone costs {floor_us:.0f} µs "
+        f"{bare['loop_cpu_per_message_us']:.0f} µs: {abs(extra):.0f} µs "
+        f"{'more' if extra >= 0 else 'less'} per message, over {frames} frames; "
+        f"one durable commit alone costs {floor_us:.0f} µs "
         f"(bench/floor.py, this run): the target allows {budget:.0f} µs more per message "
         f"at this N, {reach}"
     )
