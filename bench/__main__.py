@@ -11,13 +11,16 @@ import argparse
 import asyncio
 import dataclasses
 import importlib
+import os
 import shlex
 import sys
 import time
 import traceback
 
-from . import profiler
+from . import common, profiler
 from .common import RESULTS, Outcome, dump_json, pin_generator
+from .experiments import EXPERIMENTS
+from .launch import LOOPS
 from .report import render, update_benchmarks
 
 SCENARIOS = ("fanout", "ingest", "history", "connections", "login", "unread", "postgres")
@@ -39,7 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--update-md", action="store_true",
                    help="write the results into BENCHMARKS.md (between its markers)")
+    p.add_argument(
+        "--loop", choices=LOOPS, default="asyncio",
+        help="the event loop of every server of the run (ChatAPI, baselines, peer); "
+        "uvloop needs the bench extra",
+    )
+    p.add_argument(
+        "--experiment", choices=sorted(EXPERIMENTS),
+        help="fan-out and ingest also run a ChatAPI with this proposed change patched in "
+        "(bench/experiments.py), side by side with the one as committed",
+    )
     args = p.parse_args(argv)
+    os.environ["BENCH_LOOP"] = args.loop  # read by bench.launch in every server process
+    common.EXPERIMENT = args.experiment  # fan-out and ingest add a patched ChatAPI
     names = list(ALL) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
     if args.profile:
         profiler.enable()
@@ -67,18 +82,25 @@ def main(argv: list[str] | None = None) -> int:
             outcome.notes.append(note)
         if args.profile:
             outcome.notes.append("profiled run (py-spy attached): figures are perturbed")
+        if args.experiment and name in ("fanout", "ingest"):
+            outcome.notes.append(f"experiment {args.experiment} (bench/experiments.py): its "
+                                 "rows compare the patched ChatAPI with the one as committed")
         outcomes.append(outcome)
     seconds = time.perf_counter() - t0
-    block = render(outcomes, command.strip(), started, seconds)
+    block = render(outcomes, command.strip(), started, seconds, args.loop)
     print("\n" + block)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.md").write_text(block)
-    dump_json(RESULTS / "latest.json", {
-        "command": command, "started": started, "seconds": seconds,
+    suffix = "" if args.loop == "asyncio" else f"-{args.loop}"
+    suffix += f"-{args.experiment}" if args.experiment else ""
+    (RESULTS / f"latest{suffix}.md").write_text(block)
+    dump_json(RESULTS / f"latest{suffix}.json", {
+        "command": command, "started": started, "seconds": seconds, "loop": args.loop,
         "outcomes": [dataclasses.asdict(o) for o in outcomes],
     })
-    if args.update_md:
-        if update_benchmarks(block):
+    if args.update_md and args.experiment:
+        print("not updating BENCHMARKS.md from an experiment run", flush=True)
+    elif args.update_md:
+        if update_benchmarks(block, args.loop):
             print("BENCHMARKS.md updated", flush=True)
         else:
             print("BENCHMARKS.md has no results markers: not updated", flush=True)

@@ -1,11 +1,13 @@
 """The bare baselines: minimal aiohttp websocket servers, no auth, no database.
 
     python -m bench.baseline --mode broadcast   # every text frame goes to every socket
+                                                # connected to the same path (its "chat")
     python -m bench.baseline --mode echo        # every text frame goes back to its sender
 
 Like `python -m chatapi --port 0`, the first line on stdout is the bound URL. Any path
-upgrades (so the generator can use the same URLs as against ChatAPI); query strings
-(a token) are ignored.
+upgrades; the fan-out connects every socket to one path (one chat), the ingest
+scenario each chat's sockets to a path of their own (`/ws/3`). Query strings are
+ignored. Started through `bench.launch`, so it runs on the bench's event loop.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import signal
 
 from aiohttp import WSMsgType, web
 
-SOCKETS = web.AppKey("sockets", set)
+ROOMS = web.AppKey("rooms", dict)
 
 
 async def broadcast(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
-    sockets: set[web.WebSocketResponse] = request.app[SOCKETS]
+    rooms: dict[str, set[web.WebSocketResponse]] = request.app[ROOMS]
+    sockets = rooms.setdefault(request.path, set())
     sockets.add(ws)
     try:
         async for msg in ws:
@@ -48,7 +51,7 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
 
 async def serve(mode: str, host: str, port: int) -> None:
     app = web.Application()
-    app[SOCKETS] = set()
+    app[ROOMS] = {}
     app.router.add_get("/{tail:.*}", broadcast if mode == "broadcast" else echo)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()

@@ -98,6 +98,15 @@ def process_sched(pid: int | str) -> tuple[float, float]:
     return run / 1e9, wait / 1e9
 
 
+def thread_cpu(pid: int | str, tid: int | str) -> float:
+    """CPU seconds of one thread so far (for a server's event loop: tid = pid)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+
+
 def cores_busy() -> float:
     """Busy seconds so far of the server's and the generator's cores (/proc/stat), steal included."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -211,6 +220,17 @@ class Server:
         self.stop()
 
 
+# `python -m bench --experiment NAME`: fan-out and ingest add a ChatAPI with that
+# patch (bench/experiments.py) next to the one as committed, and compare the two.
+EXPERIMENT: str | None = None
+CHATAPI_KINDS = ("chatapi", "experiment")
+
+
+def launch(module: str, *args: str) -> list[str]:
+    """The command line that runs a server module on the run's event loop (bench.launch)."""
+    return [sys.executable, "-m", "bench.launch", module, *args]
+
+
 def chatapi_server(db_path: str, bcrypt_rounds: int | None = 4, **env: str) -> Server:
     """`python -m chatapi --port 0 --db FILE`, access log off, known token secret."""
     settings: dict[str, str | None] = {
@@ -227,7 +247,7 @@ def chatapi_server(db_path: str, bcrypt_rounds: int | None = 4, **env: str) -> S
     }
     return Server(
         "chatapi",
-        [sys.executable, "-m", "chatapi", "--host", HOST, "--port", "0", "--db", db_path],
+        launch("chatapi", "--host", HOST, "--port", "0", "--db", db_path),
         settings,
     )
 
@@ -235,9 +255,49 @@ def chatapi_server(db_path: str, bcrypt_rounds: int | None = 4, **env: str) -> S
 def baseline_server(mode: str) -> Server:
     return Server(
         f"bare {mode}",
-        [sys.executable, "-m", "bench.baseline", "--mode", mode, "--host", HOST, "--port", "0"],
+        launch("bench.baseline", "--mode", mode, "--host", HOST, "--port", "0"),
         {"PYTHONPATH": str(ROOT)},
     )
+
+
+def peer_server() -> Server:
+    """The FastAPI/Starlette broadcast on uvicorn (bench/peer.py)."""
+    return Server(
+        "FastAPI peer",
+        [sys.executable, "-m", "bench.peer", "--host", HOST, "--port", "0"],
+        {"PYTHONPATH": str(ROOT)},
+    )
+
+
+class Target:
+    """The ChatAPI under test, for the scenarios that compare it with baselines
+    (fan-out, ingest): how its database is prepared, how it is started.
+
+    This one is the embedded default: a SQLite file built by `create_database`
+    and `python -m chatapi --db FILE`. Another backend (PostgreSQL, several
+    processes) is measured by passing a subclass to those scenarios' `run()`:
+    `database` seeds users 1..users and chats 1..chats and returns what
+    `server` needs to reach it (a URL); `server` returns a Server whose first
+    stdout line is the URL to connect to. Everything else (baselines, windows,
+    the table) stays the same.
+    """
+
+    name = "SQLite"
+
+    def database(self, directory: Path, users: int, chats: int) -> str:
+        """Create the database with `users` users and `chats` chats; returns its location."""
+        path = str(directory / "chat.db")
+        create_database(path, users=users, chats=chats).close()
+        return path
+
+    def server(self, database: str, **env: str) -> Server:
+        """The ChatAPI server on `database` (not started), with extra environment."""
+        return chatapi_server(database, **env)
+
+    def experiment(self, database: str) -> Server:
+        """The same server with the run's experiment patched in (BENCH_EXPERIMENT)."""
+        assert EXPERIMENT is not None
+        return self.server(database, BENCH_EXPERIMENT=EXPERIMENT)
 
 
 def token(user_id: int, version: int = 0, ttl: int = 3600) -> str:
@@ -334,9 +394,10 @@ class Meter:
         self.server = server
         self.wall0 = time.perf_counter()
         self.server0 = process_sched(server.pid)
+        self.loop0 = thread_cpu(server.pid, server.pid)
         self.gen0 = process_sched("self")
         self.busy0 = cores_busy()
-        self.wall = self.server_cpu = self.gen_cpu = 0.0
+        self.wall = self.server_cpu = self.gen_cpu = self.loop_cpu = 0.0
         self.server_wait = self.gen_wait = self.others = 0.0
 
     def stop(self) -> Meter:
@@ -344,6 +405,8 @@ class Meter:
         server = process_sched(self.server.pid)
         gen = process_sched("self")
         self.server_cpu = server[0] - self.server0[0]
+        # the main thread: the event loop; the rest are the database's and executors' threads
+        self.loop_cpu = thread_cpu(self.server.pid, self.server.pid) - self.loop0
         self.server_wait = server[1] - self.server0[1]
         self.gen_cpu = gen[0] - self.gen0[0]
         self.gen_wait = gen[1] - self.gen0[1]
@@ -363,6 +426,7 @@ class Meter:
         return {
             "wall_s": self.wall,
             "server_cpu_s": self.server_cpu,
+            "server_loop_cpu_s": self.loop_cpu,
             "generator_cpu_s": self.gen_cpu,
             "server_util": self.server_util,
             "generator_util": self.gen_util,
@@ -444,3 +508,15 @@ def temp_dir(prefix: str) -> Iterator[Path]:
     # /tmp is on the machine's disk here (not a RAM disk), so fsync costs what it costs.
     with tempfile.TemporaryDirectory(prefix=prefix) as d:
         yield Path(d)
+
+
+def commit_floor(directory: Path, count: int = 200) -> float:
+    """CPU microseconds of one durable commit of one message (bench/floor.py), on the server core."""
+    path = str(directory / "floor.db")
+    create_database(path, users=1, chats=1).close()
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.floor", path, str(count)],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=_server_child_setup,
+    )
+    return float(out.stdout.strip())

@@ -56,8 +56,11 @@ async def settle(server: Server, quiet: float = 0.3, limit: float = 10.0) -> Non
 def traced(server: Server, prefix: str) -> Server:
     """The same server under bench.memprobe (tracemalloc): --profile only."""
     module_at = server.argv.index("-m") + 1
-    target = "chatapi" if server.argv[module_at] == "chatapi" else "baseline"
-    server.argv[module_at : module_at + 1] = ["bench.memprobe", prefix, target]
+    end = module_at + 1
+    if server.argv[module_at] == "bench.launch":  # memprobe runs it on asyncio's loop
+        end += 1
+    target = "chatapi" if server.argv[end - 1] == "chatapi" else "baseline"
+    server.argv[module_at:end] = ["bench.memprobe", prefix, target]
     return server
 
 

@@ -161,13 +161,18 @@ def machine() -> str:
     )
 
 
-def render(outcomes: list[Outcome], command: str, started: str, seconds: float) -> str:
+def render(
+    outcomes: list[Outcome], command: str, started: str, seconds: float, loop: str = "asyncio"
+) -> str:
     notes = [f"- {o.name}: {n}" for o in outcomes for n in o.notes]
     durations = ", ".join(f"{o.name} {o.seconds:.0f} s" for o in outcomes)
     parts = [
         f"Run {started}: `{command}`, {seconds:.0f} s in all ({durations}).",
         "",
         f"Machine: {machine()}.",
+        "",
+        (f"Event loop: {loop} in every server of this run (ChatAPI, the bare baselines, "
+         "the FastAPI peer); the load generator always runs on asyncio."),
         "",
         table(outcomes),
         "",
@@ -180,14 +185,22 @@ def render(outcomes: list[Outcome], command: str, started: str, seconds: float) 
     return "\n".join(parts) + "\n"
 
 
-def update_benchmarks(block: str, path: Path = BENCHMARKS) -> bool:
-    """Replace the generated block of BENCHMARKS.md; False when the markers are missing."""
+def markers(loop: str = "asyncio") -> tuple[str, str]:
+    """The begin and end markers of a loop's results block (asyncio: the main one)."""
+    if loop == "asyncio":
+        return BEGIN, END
+    return BEGIN.replace("results", f"results-{loop}"), END.replace("results", f"results-{loop}")
+
+
+def update_benchmarks(block: str, loop: str = "asyncio", path: Path = BENCHMARKS) -> bool:
+    """Replace a loop's generated block of BENCHMARKS.md; False when its markers are missing."""
     if not path.exists():
         return False
+    begin, end = markers(loop)
     text = path.read_text()
-    if BEGIN not in text or END not in text:
+    if begin not in text or end not in text:
         return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{block}{end}{tail}")
     return True

@@ -108,8 +108,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001 (a query cut by the cancel must not stop the cleanup)
+            log.warning("a background task ended with %s at shutdown", type(exc).__name__)
+    await realtime.presence_written()
     with contextlib.suppress(Exception):  # the database may be away: leases expire anyway
         await db.set_everybody_offline(database)
     await database.close()

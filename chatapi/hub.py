@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -36,38 +38,48 @@ def error_frame(error: str, **extra: Any) -> str:
     return json.dumps({"type": "error", "error": error, **extra}, ensure_ascii=False)
 
 
-def _utf8(frame: str) -> bytes:
-    """`frame` encoded, once per fan-out: every subscriber gets the same str object."""
-    global _last_frame, _last_bytes
+def _text_frame(payload: bytes) -> bytes:
+    """`payload` as one unmasked, uncompressed websocket text frame (RFC 6455 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def _wire(frame: str) -> bytes:
+    """`frame` encoded and framed, once per fan-out: every subscriber gets the same
+    str object, and a server's frame is the same bytes for every socket."""
+    global _last_frame, _last_wire
     if frame is not _last_frame:
-        _last_frame, _last_bytes = frame, frame.encode()
-    return _last_bytes
+        _last_frame, _last_wire = frame, _text_frame(frame.encode())
+    return _last_wire
 
 
 _last_frame: str | None = None
-_last_bytes = b""
+_last_wire = b""
 
 
-def _write_now(ws: web.WebSocketResponse, frame: str) -> bool:
+def _write_now(
+    ws: web.WebSocketResponse, transport: asyncio.WriteTransport | None, high_water: int, frame: str
+) -> bool:
     """Write `frame` as a text frame without awaiting, if the socket takes it now.
 
-    False (nothing written; the caller queues the frame) unless the socket is open,
-    uncompressed, and its transport's write buffer is below its high-water mark.
-    aiohttp (3.14) has no public synchronous send (`send_str` is a coroutine), so
-    this uses the private `WebSocketWriter._write_websocket_frame`, the synchronous
-    part of `send_frame` for an uncompressed frame; should aiohttp drop or change
-    it, every frame takes the queued path through `send_str` instead.
+    False (nothing written; the caller queues the frame) unless the websocket is
+    open and its transport's write buffer is below `high_water`. aiohttp has no
+    synchronous send (`send_str` is a coroutine), so the frame goes to the
+    connection's transport as whole websocket frame bytes: public asyncio API,
+    valid because ChatAPI's sockets never compress (no permessage-deflate) and a
+    server never masks. aiohttp's own writes (pings, the queued path's `send_str`,
+    the close) are whole frames on the same transport, so frames never interleave.
+    A socket that ChatAPI is closing takes nothing more (`Connection.dropped`).
     """
-    writer = getattr(ws, "_writer", None)
-    write = getattr(writer, "_write_websocket_frame", None)
-    if write is None or writer.compress or writer._closing:
+    if transport is None or ws.closed or transport.is_closing():
         return False
-    transport = writer.transport
-    if transport is None or transport.is_closing():
+    if transport.get_write_buffer_size() >= high_water:
         return False
-    if transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]:
-        return False
-    write(_utf8(frame), WSMsgType.TEXT, 0)
+    transport.write(_wire(frame))
     return True
 
 
@@ -108,6 +120,12 @@ class Connection:
     ) -> None:
         self.ws = ws
         self.transport = transport
+        # Frames are written straight to the transport while its buffer is below its
+        # high-water mark. (uvloop's transports are not asyncio.WriteTransport
+        # subclasses: the methods are what counts.)
+        limits = getattr(transport, "get_write_buffer_limits", None)
+        self._direct: Any = transport if limits is not None else None
+        self._high_water: int = limits()[1] if limits is not None else 0
         self.user_id: int = user["id"]
         self.username: str = user["username"]
         # The version of the token the socket authenticated with (see Hub.close_revoked).
@@ -136,7 +154,7 @@ class Connection:
         frames = self._frames
         if not frames:
             try:
-                if _write_now(self.ws, frame):
+                if _write_now(self.ws, self._direct, self._high_water, frame):
                     return
             except (ConnectionError, RuntimeError):
                 self._lost()
@@ -368,12 +386,21 @@ class Hub:
         """The users with a socket open in this process."""
         return list(self._by_user)
 
-    def close_revoked(self, versions: dict[int, int]) -> int:
+    def close_revoked(
+        self, versions: dict[int, int], checked: Collection[int] | None = None
+    ) -> int:
         """Close with 4001 each socket whose token version is not its user's current one
-        (`versions`; a user missing from it no longer exists). Returns how many."""
+        (`versions`; a user missing from it no longer exists). Returns how many.
+
+        `checked`: the users whose versions were read; a socket of anybody else (a
+        user who came online while the versions were read) is left alone until the
+        next check. None: every user with a socket was checked.
+        """
         revoked = [
             conn for conn in self.connections
-            if not conn.dropped and versions.get(conn.user_id) != conn.token_version
+            if not conn.dropped
+            and (checked is None or conn.user_id in checked)
+            and versions.get(conn.user_id) != conn.token_version
         ]
         for conn in revoked:
             conn.close(REVOKED, "tokens revoked")

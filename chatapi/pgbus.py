@@ -74,7 +74,7 @@ class PostgresBus(Bus):
         if len(payload.encode()) >= MAX_PAYLOAD:
             log.warning("event %r too large to reach other processes", frame.get("type"))
             return
-        self._spawn(self._notify(payload))
+        self._spawn(self.db.notify(payload))
 
     def route(self, event: dict[str, Any]) -> None:
         super().route(event)  # this process's sockets now; the others by notification
@@ -82,13 +82,7 @@ class PostgresBus(Bus):
         if len(payload.encode()) >= MAX_PAYLOAD:
             log.warning("event %r too large to reach other processes", event["frame"].get("type"))
             return
-        self._spawn(self._notify(payload))
-
-    async def _notify(self, payload: str) -> None:
-        try:
-            await self.db.notify(payload)
-        except DOWN as exc:
-            log.warning("an event could not reach other processes (%s)", type(exc).__name__)
+        self._spawn(self.db.notify(payload))
 
     async def follow(self, chat_id: int) -> None:
         if chat_id in self.positions:
@@ -111,7 +105,7 @@ class PostgresBus(Bus):
         kind, _, rest = payload.partition(":")
         try:
             if kind == "m":
-                self._ring(None if rest == "*" else {int(i) for i in rest.split(",")})
+                self._ring({int(i) for i in rest.split(",")})
             elif kind == "u":
                 self._spawn(self.check_tokens([int(rest)]))
             elif kind == "p":
@@ -130,19 +124,29 @@ class PostgresBus(Bus):
             log.warning("malformed notification %r", payload[:100])
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(self._quietly(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(coro: Any) -> None:
+        # Background work that the database being away may fail: the next
+        # listener reconnect re-checks tokens and presence anyway.
+        try:
+            await coro
+        except DOWN as exc:
+            log.warning("bus: %s failed (%s)", coro.__qualname__, type(exc).__name__)
 
     async def sockets_elsewhere(self, user_id: int) -> int:
         return await self.db.sockets_elsewhere(user_id)
 
     async def check_tokens(self, user_ids: Sequence[int]) -> None:
         """Close (4001) this process's sockets whose token was revoked meanwhile."""
-        current = await self.db.token_versions(user_ids)
+        wanted = set(user_ids)
+        current = await self.db.token_versions(list(wanted))
         for conn in list(self.hub.connections):
             if (
-                conn.user_id in user_ids
+                conn.user_id in wanted
                 and not conn.dropped
                 and current.get(conn.user_id) != conn.token_version
             ):
@@ -254,12 +258,9 @@ class PostgresBus(Bus):
 
     async def _recheck(self) -> None:
         users = list({conn.user_id for conn in self.hub.connections})
-        try:
-            if users:
-                await self.check_tokens(users)
-                await self.announce_presence(users)
-        except DOWN as exc:
-            log.warning("re-checking open sockets failed (%s)", type(exc).__name__)
+        if users:
+            await self.check_tokens(users)
+            await self.announce_presence(users)
 
     async def _lease_loop(self) -> None:
         while True:

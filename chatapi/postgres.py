@@ -39,6 +39,7 @@ SCHEMA_VERSION = 2
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
+IDLE_IN_TRANSACTION = "30s"  # PostgreSQL ends a session left this long inside a transaction
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
 CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
 
@@ -134,21 +135,24 @@ class PostgresDatabase(Database):
                 await self.pool.execute("""DELETE FROM nodes WHERE id = $1""", self.node_id)
         except DOWN:
             log.warning("could not remove this process's lease (it expires by itself)")
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("database connections still busy at close: cut")
+            self.pool.terminate()
 
     async def ping(self) -> None:
         await self.pool.fetchval("""SELECT 1""", timeout=QUERY_TIMEOUT)
 
     async def get_or_create_secret(self, candidate: str) -> str:
-        return await self.pool.fetchval(
-            """WITH new AS (
-                   INSERT INTO settings (key, value) VALUES ('token_secret', $1)
-                   ON CONFLICT DO NOTHING RETURNING value)
-               SELECT value FROM new UNION ALL
-               SELECT value FROM settings WHERE key = 'token_secret'
-               LIMIT 1""",
+        # Two statements, two snapshots: when another process inserts its secret at
+        # the same moment, ours waits for it, and the read then sees the winner.
+        await self.pool.execute(
+            """INSERT INTO settings (key, value) VALUES ('token_secret', $1)
+               ON CONFLICT DO NOTHING""",
             candidate,
         )
+        return await self.pool.fetchval("""SELECT value FROM settings WHERE key = 'token_secret'""")
 
     # Users
 
@@ -226,12 +230,15 @@ class PostgresDatabase(Database):
         )
         if not renewed:
             await self.register_node()
-            await self.pool.execute(
-                """INSERT INTO presence (node_id, user_id)
-                   SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
-                   ON CONFLICT DO NOTHING""",
-                self.node_id, list(sockets),
-            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    """INSERT INTO presence (node_id, user_id)
+                       SELECT $1, id FROM users WHERE id = ANY($2::bigint[])
+                       ON CONFLICT DO NOTHING""",
+                    self.node_id, list(sockets),
+                )
+                # Others took these users offline with the lapsed lease.
+                await self._notify_ids(conn, PRESENCE, list(sockets))
         # Only rows that exist: a socket count never brings a user online.
         await self.pool.execute(
             """UPDATE presence p SET sockets = c.sockets
@@ -264,8 +271,7 @@ class PostgresDatabase(Database):
                          AND n.id NOT IN (SELECT id FROM gone))""",
                 self.node_id,
             )
-            if rows:
-                await self._notify(conn, f"{PRESENCE}:" + ",".join(str(r["id"]) for r in rows))
+            await self._notify_ids(conn, PRESENCE, [row["id"] for row in rows])
         return [dict(row) for row in rows]
 
     async def set_online(self, user_id: int, online: bool) -> None:
@@ -290,7 +296,11 @@ class PostgresDatabase(Database):
     async def set_everybody_offline(self) -> None:
         # Other processes' users stay online: only this process's sockets and
         # lapsed leases are forgotten.
-        await self.pool.execute("""DELETE FROM presence WHERE node_id = $1""", self.node_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """DELETE FROM presence WHERE node_id = $1 RETURNING user_id""", self.node_id
+            )
+            await self._notify_ids(conn, PRESENCE, [row[0] for row in rows])
         await self.reap_nodes()
 
     async def presence_of(self, user_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -428,11 +438,9 @@ class PostgresDatabase(Database):
                     chat_ids,
                 )
             }
-            results = [await _insert_one(conn, draft, existing) for draft in drafts]
+            results = await _insert_batch(conn, drafts, existing)
             touched = sorted({s.message["chat_id"] for s in results if s.is_new and s.message})
-            if touched:
-                payload = f"{MESSAGES}:" + ",".join(map(str, touched))
-                await self._notify(conn, payload if len(payload) < MAX_PAYLOAD else f"{MESSAGES}:*")
+            await self._notify_ids(conn, MESSAGES, touched)
         return results
 
     # Test support
@@ -491,6 +499,19 @@ class PostgresDatabase(Database):
 
     async def _notify(self, conn: asyncpg.Connection, payload: str) -> None:
         await conn.execute("""SELECT pg_notify($1, $2)""", self.channel, payload)
+
+    async def _notify_ids(self, conn: asyncpg.Connection, kind: str, ids: Sequence[int]) -> None:
+        """`kind:id,id,...` notifications, as many as the payload limit needs."""
+        chunk: list[str] = []
+        size = len(kind) + 1
+        for text in map(str, ids):
+            if chunk and size + len(text) + 1 >= MAX_PAYLOAD:
+                await self._notify(conn, f"{kind}:" + ",".join(chunk))
+                chunk, size = [], len(kind) + 1
+            chunk.append(text)
+            size += len(text) + 1
+        if chunk:
+            await self._notify(conn, f"{kind}:" + ",".join(chunk))
 
     async def notify(self, payload: str) -> None:
         """Send a notification on this database's channel (delivered after commit)."""
@@ -739,36 +760,79 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-async def _insert_one(conn: asyncpg.Connection, draft: Draft, chats: set[int]) -> Stored:
-    if draft.chat_id not in chats:
-        return Stored(None, error=f"chat {draft.chat_id} does not exist")
-    # Checked in the statement that inserts, inside the batch's transaction: a
-    # revocation committed before it (logout answered) stops the draft, and the row
-    # lock (FOR SHARE) makes a revocation wait for this batch to commit, so nothing
-    # of an old token is committed after the revocation has answered.
-    row = await conn.fetchrow(
+async def _insert_batch(
+    conn: asyncpg.Connection, drafts: Sequence[Draft], chats: set[int]
+) -> list[Stored]:
+    """Insert the drafts of existing chats in one statement, ids taken in draft order."""
+    # The token versions are read inside the batch's transaction under a row lock
+    # (FOR SHARE): a revocation committed before it (logout answered) stops the
+    # user's drafts, and a later one waits for this batch to commit, so nothing of
+    # an old token is committed after the revocation has answered.
+    checked = sorted(
+        {d.owner_id for d in drafts if d.token_version is not None and d.chat_id in chats}
+    )
+    versions: dict[int, int] = {}
+    if checked:
+        versions = {
+            row["id"]: row["token_version"]
+            for row in await conn.fetch(
+                """SELECT id, token_version FROM users WHERE id = ANY($1::bigint[])
+                   ORDER BY id FOR SHARE""",
+                checked,
+            )
+        }
+    errors: list[str | None] = []
+    for draft in drafts:
+        if draft.chat_id not in chats:
+            errors.append(f"chat {draft.chat_id} does not exist")
+        elif draft.token_version is not None and versions.get(draft.owner_id) != draft.token_version:
+            errors.append(REVOKED)
+        else:
+            errors.append(None)
+    valid = [n for n, error in enumerate(errors) if error is None]
+    rows = await conn.fetch(
         """INSERT INTO messages (chat_id, owner_id, text, nonce)
-           SELECT $1, $2, $3, $4
-           WHERE $5::integer IS NULL OR EXISTS (
-               SELECT 1 FROM users WHERE id = $2 AND token_version = $5::integer FOR SHARE)
+           SELECT chat_id, owner_id, text, nonce
+           FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+                WITH ORDINALITY AS d (chat_id, owner_id, text, nonce, n)
+           ORDER BY n
            ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
            RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-        draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
+        [drafts[n].chat_id for n in valid], [drafts[n].owner_id for n in valid],
+        [drafts[n].text for n in valid], [drafts[n].nonce for n in valid],
     )
-    if row is not None:
-        return Stored({**dict(row), "username": draft.username}, is_new=True)
-    if draft.token_version is not None and not await conn.fetchval(
-        """SELECT 1 FROM users WHERE id = $1 AND token_version = $2""",
-        draft.owner_id, draft.token_version,
-    ):
-        return Stored(None, error=REVOKED)
-    # The nonce was used: a statement of its own sees the committed original.
-    original = await conn.fetchrow(
-        f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
-            WHERE m.owner_id = $1 AND m.nonce = $2""",
-        draft.owner_id, draft.nonce,
-    )
-    return Stored(dict(original))
+    # Ids grow in draft order; a draft without a nonce is always inserted, so the
+    # rows without one pair with those drafts in order; the others go by nonce.
+    rows = sorted(rows, key=lambda row: row["id"])
+    plain = iter(row for row in rows if row["nonce"] is None)
+    by_nonce = {(row["owner_id"], row["nonce"]): row for row in rows if row["nonce"] is not None}
+    results: list[Stored | None] = [None] * len(drafts)
+    repeated: list[int] = []
+    for n, draft in enumerate(drafts):
+        error = errors[n]
+        if error is not None:
+            results[n] = Stored(None, error=error)
+            continue
+        row = next(plain) if draft.nonce is None else by_nonce.pop((draft.owner_id, draft.nonce), None)
+        if row is None:
+            repeated.append(n)  # the nonce was used before (or earlier in this batch)
+        else:
+            results[n] = Stored({**dict(row), "username": draft.username}, is_new=True)
+    if repeated:
+        # A statement of its own sees the originals, committed or from this batch.
+        originals = {
+            (row["owner_id"], row["nonce"]): dict(row)
+            for row in await conn.fetch(
+                f"""SELECT {_MESSAGE_COLUMNS}
+                    FROM unnest($1::bigint[], $2::text[]) AS r (owner_id, nonce)
+                    JOIN messages m ON m.owner_id = r.owner_id AND m.nonce = r.nonce
+                    JOIN users u ON u.id = m.owner_id""",
+                [drafts[n].owner_id for n in repeated], [drafts[n].nonce for n in repeated],
+            )
+        }
+        for n in repeated:
+            results[n] = Stored(originals[(drafts[n].owner_id, drafts[n].nonce)])
+    return results  # type: ignore[return-value]
 
 
 async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
@@ -780,7 +844,12 @@ async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> Post
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             command_timeout=QUERY_TIMEOUT,
-            server_settings={"application_name": "chatapi"},
+            server_settings={
+                "application_name": "chatapi",
+                # A process stalled inside a transaction (frozen, or its loop gone)
+                # would hold its row locks, a chat's included, for every process.
+                "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION,
+            },
         )
     except (ValueError, *DOWN) as exc:
         reason = _without_secret(str(exc) or type(exc).__name__, url)

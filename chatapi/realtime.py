@@ -132,6 +132,12 @@ async def record_presence(app: web.Application, user_id: int, online: bool) -> N
         log.warning("could not record user %d as %s", user_id, "online" if online else "offline")
 
 
+async def presence_written(timeout: float = 5.0) -> None:
+    """Wait (bounded) for presence writes still in flight: they need the database open."""
+    if _presence_writes:
+        await asyncio.wait(list(_presence_writes), timeout=timeout)
+
+
 async def handle_frame(app: web.Application, conn: Connection, data: str) -> None:
     try:
         frame = json.loads(data)
@@ -199,10 +205,12 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
             raise FrameError(f"chat {chat_id} does not exist")
         conn.member_of.add(chat_id)
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
+    # (The bus follows the chat before the socket subscribes, with no await between:
+    # a follow that fails leaves nothing half subscribed.)
     was_subscribed = chat_id in conn.subscriptions
-    app[HUB].subscribe(chat_id, conn)
     if not was_subscribed:
         await app[BUS].follow(chat_id)
+    app[HUB].subscribe(chat_id, conn)
     draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
     stored = await app[WRITER].post(draft)
     if stored.error:
@@ -234,9 +242,9 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         # included: resume from the newest message instead, and say so.
         joined.update(cursor_reset=True, last_id=newest)
         since = newest
+    await app[BUS].follow(chat_id)
     if since is None:
         hub.subscribe(chat_id, conn)
-        await app[BUS].follow(chat_id)
     else:
         # Subscribe (buffering) before reading: every message committed after the
         # read's snapshot is published after this point, so it lands in the
@@ -244,15 +252,18 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         # published after the subscribe, possibly even after go_live) is
         # dropped by its id: go_live sets a floor of the last id replayed.
         hub.subscribe(chat_id, conn, catch_up=True)
-        await app[BUS].follow(chat_id)
         last_sent = since
-        async for message in db.chat_messages(app[DB], chat_id, after=since):
-            await conn.wait_for_room()
-            # A removal (from any process) unsubscribes the socket: stop at once.
-            if conn.dropped or chat_id not in conn.subscriptions:
-                return
-            conn.send(message_frame(message))
-            last_sent = message["id"]
+        try:
+            async for message in db.chat_messages(app[DB], chat_id, after=since):
+                await conn.wait_for_room()
+                # A removal (from any process) unsubscribes the socket: stop at once.
+                if conn.dropped or chat_id not in conn.subscriptions:
+                    return
+                conn.send(message_frame(message))
+                last_sent = message["id"]
+        except db.Unavailable:
+            hub.unsubscribe(chat_id, conn)  # not left buffering: the client joins again
+            raise
         if conn.dropped or chat_id not in conn.subscriptions:
             return
         conn.go_live(chat_id, last_sent)

@@ -27,7 +27,9 @@ async def close_revoked_sockets(database: db.Database, hub: Hub) -> int:
     user_ids = hub.user_ids()
     if not user_ids:
         return 0
-    closed = hub.close_revoked(await db.token_versions(database, user_ids))
+    versions = await db.token_versions(database, user_ids)
+    # Only the users read: one who came online meanwhile is not a deleted user.
+    closed = hub.close_revoked(versions, checked=set(user_ids))
     if closed:
         log.info("closed %d websockets whose tokens were revoked", closed)
     return closed

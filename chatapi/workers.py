@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -19,6 +20,16 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
 RESTART_DELAY = 1.0
+
+
+def _die_with_parent() -> None:
+    # Linux: a worker gets SIGTERM when the supervisor dies, even by SIGKILL, instead of
+    # serving on as an orphan nobody supervises. Elsewhere a no-op.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerError(RuntimeError):
@@ -40,6 +51,7 @@ class Worker:
             sys.executable, "-m", "chatapi", "--reuse-port", "--port", str(port),
             stdout=asyncio.subprocess.PIPE,
             env=self.env,
+            preexec_fn=_die_with_parent,  # one prctl call: safe between fork and exec
         )
         assert self.proc.stdout is not None
         try:

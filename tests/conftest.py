@@ -134,8 +134,32 @@ def database_for(backend: str, directory: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        # A new connection: a test may have restarted PostgreSQL meanwhile.
-        in_thread(run_sql(POSTGRES_URL, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        in_thread(drop_schema(schema))
+
+
+async def drop_schema(schema: str) -> None:
+    """Drop a test schema, cutting any session that still holds a lock in it: a server
+    whose event loop ended with a query in flight (the test's loop closes before sync
+    fixtures are torn down) would otherwise block the drop for good."""
+    # A new connection: a test may have restarted PostgreSQL meanwhile.
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute("SET lock_timeout = '2s'")
+        for _ in range(5):
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                return
+            except asyncpg.LockNotAvailableError:
+                await conn.execute(
+                    """SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                       JOIN pg_class c ON c.oid = l.relation
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()""",
+                    schema,
+                )
+        raise AssertionError(f"test schema {schema} could not be dropped")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import pytest
-from conftest import connect, create_chat, next_frame
+from conftest import connect, create_chat, next_frame, no_frame, run_sql
 
 from chatapi import create_app
 
@@ -44,3 +47,47 @@ async def test_a_message_posted_on_one_application_reaches_sockets_of_another(
     frames = [await next_frame(reader) for _ in range(20)]
     assert [f["text"] for f in frames] == [f"m{n}" for n in range(20)]
     assert [f["id"] for f in frames] == sorted(f["id"] for f in frames)
+
+
+@pytest.mark.postgres_only
+async def test_many_ids_are_split_over_notifications_below_the_payload_limit(database):
+    from chatapi import postgres
+
+    store = await postgres.open_database(database)
+    payloads: list[str] = []
+    listener = await store.listen(payloads.append, lambda: None)
+    try:
+        async with store.pool.acquire() as conn, conn.transaction():
+            await store._notify_ids(conn, postgres.PRESENCE, list(range(10**12, 10**12 + 3000)))
+        for _ in range(100):
+            if sum(p.count(",") + 1 for p in payloads) >= 3000:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await listener.close()
+        await store.close()
+    assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
+    ids = [int(i) for p in payloads for i in p.removeprefix("p:").split(",")]
+    assert ids == list(range(10**12, 10**12 + 3000))
+
+
+@pytest.mark.postgres_only
+async def test_a_logout_missed_while_the_listener_was_away_still_closes_the_socket(
+    aiohttp_client, config, register
+):
+    """Tokens revoked without a notification reaching this process (as during a listener
+    reconnect) are found by the re-check that follows every reconnect."""
+    client = await aiohttp_client(create_app(config))
+    alice = await register(client, "alice")
+    ws = await connect(client, alice)
+    await run_sql(config.db_path, "UPDATE users SET token_version = token_version + 1")
+    await no_frame(ws, 0.5)  # nothing told this process
+    schema = config.db_path.rsplit("search_path=", 1)[1]
+    (cut,) = await run_sql(
+        config.db_path,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = ?",
+        f'LISTEN "chatapi_{schema}"',
+    )
+    assert cut == (1,)
+    msg = await ws.receive(timeout=15)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)

@@ -81,7 +81,7 @@ def test_bad_settings_raise_one_clear_error(environ, message):
 def test_flags_are_named_as_flags():
     with pytest.raises(ConfigError, match="^--port must be a whole number from 0 to 65535, got -1$"):
         from_env({}, port=-1)
-    with pytest.raises(ConfigError, match="^--db must be a file path or :memory:, got ''$"):
+    with pytest.raises(ConfigError, match="^--db must be a file path, :memory: or a postgresql:// URL, got ''$"):
         from_env({}, db_path="")
 
 

@@ -310,7 +310,7 @@ def test_the_plugin_imports_nothing_heavy():
 async def test_reset_password_on_postgresql_closes_the_users_open_sockets(database):
     """The command's notification reaches the running server: its sockets close with 4001."""
     async with (
-        ChatServer(db_path=database, bcrypt_rounds=4) as server,
+        ChatServer(db_path=database, bcrypt_rounds=4, presence_interval=3600.0) as server,
         aiohttp.ClientSession() as session,
     ):
         body = {"email": "s@example.com", "username": "socketed", "password": "password1"}

@@ -24,11 +24,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from conftest import run_sql
+from conftest import POSTGRES_URL, run_sql
 
+from chatapi import create_app
 from chatapi.testing import ChatServer
 
 SERVER_ENV = {
@@ -521,8 +523,8 @@ class FreezableProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> FreezableProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -794,3 +796,55 @@ def describe_difference(ids: list[int], expected: list[int], peer: Peer) -> str:
             f"ids around the first difference {ids[max(0, first - 3):first + 3]}, "
             f"(since, ids before) per join {peer.joins}, joined {peer.joined} times, "
             f"end {peer.end}")
+
+
+# 5. PostgreSQL away and back
+
+
+@pytest.mark.postgres_only
+async def test_while_postgresql_is_away_clients_get_503_and_error_frames_then_all_recovers(
+    aiohttp_client, config
+):
+    """The server reaches PostgreSQL through a proxy that is closed, then opened again."""
+    target = urlsplit(POSTGRES_URL).port or 5432
+    proxy = await FreezableProxy(target).start()
+    url = config.db_path.replace(f":{target}/", f":{proxy.port}/", 1)
+    client = await aiohttp_client(create_app(config.replace(db_path=url)))
+    user = await (await client.post("/auth/reg", json={
+        "email": "away@example.com", "username": "away", "password": "password1"})).json()
+    headers = {"Authorization": f"Bearer {user['token']}"}
+    chat = (await (await client.post("/chats/create", json={"name": "x"}, headers=headers)).json())["id"]
+    ws = await client.ws_connect("/chats/ws", params={"token": user["token"]})
+    await ws.send_json({"chat_id": chat, "text": "before", "nonce": "n1"})
+    assert (await ws.receive_json(timeout=5))["text"] == "before"
+
+    await proxy.close()
+
+    async def health() -> int:
+        async with client.get("/health") as resp:
+            return resp.status
+
+    await eventually(lambda: _is(health(), 503), 30, "/health 503 while PostgreSQL is away")
+    async with client.get("/chats/", headers=headers) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        assert "database" in (await resp.json())["error"]
+    await ws.send_json({"chat_id": chat, "text": "during", "nonce": "n2"})
+    frame = await ws.receive_json(timeout=30)
+    assert frame["type"] == "error" and frame["nonce"] == "n2" and "database" in frame["error"]
+
+    back = await FreezableProxy(target).start(port=proxy.port)
+    try:
+        await eventually(lambda: _is(health(), 200), 30, "/health 200 once PostgreSQL is back")
+        await ws.send_json({"chat_id": chat, "text": "during", "nonce": "n2"})  # resent
+        frame = await ws.receive_json(timeout=30)
+        assert (frame["type"], frame["text"], frame["nonce"]) == ("message", "during", "n2")
+        async with client.get("/chats/messages", params={"id": chat}, headers=headers) as resp:
+            history = await resp.json()
+        assert [m["nonce"] for m in history] == ["n1", "n2"]
+        await ws.close()
+    finally:
+        await back.close()
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected

@@ -11,6 +11,9 @@ import sys
 import aiohttp
 from conftest import connect, create_chat, next_frame, run_sql
 
+from chatapi import db, revocation
+from chatapi.keys import DB, HUB
+
 
 async def stored_messages(location: str) -> list[tuple[int, str]]:
     """Every stored message as (id, text), read from either backend's database."""
@@ -90,3 +93,29 @@ async def test_nothing_from_old_sockets_is_stored_once_logout_has_answered(
     await asyncio.sleep(0.5)  # a straggler would be committed by now
     assert codes == [4001] * 4
     assert await stored_messages(config.db_path) == at_logout
+
+
+async def test_a_user_who_comes_online_while_versions_are_read_keeps_the_socket(
+    app, client, register, monkeypatch
+):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws_a = await connect(client, alice)
+    hub, read = app[HUB], db.token_versions
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def bob_connects_meanwhile(database: db.Database, user_ids: list[int]) -> dict:
+        if not sockets:  # the first check only (the server's own watcher runs too)
+            sockets.append(await connect(client, bob))
+            async with asyncio.timeout(10):
+                while not hub.sockets_of(bob["id"]):
+                    await asyncio.sleep(0.01)
+        return await read(database, user_ids)
+
+    monkeypatch.setattr(db, "token_versions", bob_connects_meanwhile)
+    assert await revocation.close_revoked_sockets(app[DB], hub) == 0
+    (ws_b,) = sockets
+    await ws_b.send_json({"chat_id": chat, "text": "still here"})
+    assert (await next_frame(ws_b))["text"] == "still here"
+    await ws_a.send_json({"chat_id": chat, "text": "alice too"})
+    assert (await next_frame(ws_a))["text"] == "alice too"

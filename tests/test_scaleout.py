@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-from conftest import POSTGRES_URL, readme_block
+from conftest import POSTGRES_URL, readme_block, run_sql
 from test_faults import (
     HTTP_TIMEOUT,
     WS_TIMEOUT,
@@ -51,11 +51,13 @@ async def cluster(backend, postgres_url, tmp_path):
     started: list[ServerProcess] = []
 
     async def start(count: int = 1, *args: str, **env: str) -> list[ServerProcess]:
-        servers = await asyncio.gather(
-            *(ServerProcess(postgres_url, *args, cwd=tmp_path, **env).start() for _ in range(count))
-        )
-        started.extend(servers)
-        return list(servers)
+        servers = [ServerProcess(postgres_url, *args, cwd=tmp_path, **env) for _ in range(count)]
+        outcomes = await asyncio.gather(*(s.start() for s in servers), return_exceptions=True)
+        started.extend(s for s, outcome in zip(servers, outcomes) if outcome is s)
+        for outcome in outcomes:  # a failed start is reported once the others are recorded
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return servers
 
     yield start
     await asyncio.gather(*(server.kill() for server in started))
@@ -322,7 +324,13 @@ async def test_postgres_restarted_under_load_every_process_recovers(cluster):
             check=False,
         )
         assert restart.returncode == 0, restart.stderr
-        await asyncio.wait_for(asyncio.gather(*posting), 120)
+        try:
+            await asyncio.wait_for(asyncio.gather(*posting), 120)
+        except TimeoutError:
+            raise AssertionError(
+                f"{len(acked)} of 120 acknowledged; errors {errors[-3:]}\n"
+                + "\n".join(server.log[-3000:] for server in servers)
+            ) from None
         await eventually(lambda: _healthy(http, servers[0].url), 30, "server 0 healthy again")
         await eventually(lambda: _healthy(http, servers[1].url), 30, "server 1 healthy again")
         poller.cancel()
@@ -367,6 +375,41 @@ async def _post_through_errors(http: aiohttp.ClientSession, ws_url: str, token: 
             await asyncio.sleep(0.2)
 
 
+# SIGTERM on one process
+
+
+async def test_sigterm_on_one_process_closes_its_sockets_and_the_others_keep_serving(cluster):
+    leaving, staying = await cluster(2)
+    async with session() as http:
+        alice = await register(http, staying.url, "alice")  # on both processes
+        bob = await register(http, staying.url, "bob")  # only on the one that leaves
+        chat = await create_chat(http, staying.url, alice["token"], "sigterm")
+        on_leaving = [await http.ws_connect(leaving.ws_url, params={"token": user["token"]})
+                      for user in (alice, bob)]
+        on_staying = await http.ws_connect(staying.ws_url, params={"token": alice["token"]})
+        await eventually(lambda: _contains(online_users(http, staying.url, alice["token"]), "bob"),
+                         10, "bob online")
+        assert await leaving.terminate(10) < 10 and leaving.returncode == 0
+        for ws in on_leaving:
+            msg = await _skip_presence(ws)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+        await eventually(lambda: _lacks(online_users(http, staying.url, alice["token"]), "bob"),
+                         5, "bob offline once his only process stopped")
+        assert "alice" in await online_users(http, staying.url, alice["token"])
+        await on_staying.send_json({"chat_id": chat, "text": "still here"})
+        msg = await _skip_presence(on_staying)
+        assert json.loads(msg.data)["text"] == "still here"
+        await on_staying.close()
+
+
+async def _skip_presence(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """The next message of the socket that is not a presence frame."""
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type != aiohttp.WSMsgType.TEXT or json.loads(msg.data)["type"] != "presence":
+            return msg
+
+
 # (f) logout on one process
 
 
@@ -378,7 +421,7 @@ async def test_logout_on_one_process_closes_the_users_sockets_on_another_with_40
                    for _ in range(2)]
         await api(http, "POST", first.url + "/auth/logout", token=alice["token"], status=204)
         for ws in sockets:
-            msg = await ws.receive(timeout=5)
+            msg = await _skip_presence(ws)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
         await api(http, "GET", second.url + "/users/me", token=alice["token"], status=401)
 
@@ -418,12 +461,18 @@ async def test_failed_logins_are_counted_across_processes(cluster):
             await api(http, "POST", server.url + "/auth/login", body=wrong, status=429)
 
 
-async def test_the_socket_cap_counts_sockets_on_every_process(cluster):
+async def test_the_socket_cap_counts_sockets_on_every_process(cluster, postgres_url):
     first, second = await cluster(2, CHATAPI_MAX_SOCKETS_PER_USER="2")
     async with session() as http:
         alice = await register(http, first.url, "alice")
         a = await http.ws_connect(first.ws_url, params={"token": alice["token"]})
         b = await http.ws_connect(second.ws_url, params={"token": alice["token"]})
+
+        async def recorded_on_both() -> bool:  # each process records its socket after the upgrade
+            rows = await run_sql(postgres_url, "SELECT count(*) FROM presence")
+            return rows == [(2,)]
+
+        await eventually(recorded_on_both, 10, "both processes recorded alice's socket")
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(first.ws_url, params={"token": alice["token"]})
         assert refused.value.status == 429
@@ -458,6 +507,22 @@ async def test_workers_serve_one_port_from_several_processes(cluster):
     assert children.count("--reuse-port") == 2
     assert await supervisor.terminate(30) < 30
     assert supervisor.returncode == 0
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(cluster):
+    (supervisor,) = await cluster(1, "--workers", "2")
+    listed = await asyncio.to_thread(
+        subprocess.run, ["ps", "--ppid", str(supervisor.proc.pid), "-o", "pid="],
+        capture_output=True, text=True, check=False,
+    )
+    workers = [int(pid) for pid in listed.stdout.split()]
+    assert len(workers) == 2
+    await supervisor.kill()
+
+    async def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+    await eventually(all_gone, 15, "workers gone after kill -9 of their supervisor")
 
 
 def test_workers_are_refused_on_sqlite_with_one_line(tmp_path):

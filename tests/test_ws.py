@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from conftest import assert_error, connect, create_chat, next_frame, no_frame
 
-from chatapi import create_app
+from chatapi import create_app, hub
 from chatapi.keys import HUB
 from chatapi.runner import MaskCheck
 from chatapi.testing import ChatServer
@@ -448,3 +448,62 @@ async def test_the_character_u0000_is_refused_in_everything_stored(client, regis
     assert "nonce" in (await next_frame(ws, "error"))["error"]
     await ws.send_json({"chat_id": chat, "text": "fine"})
     assert (await next_frame(ws, "message"))["text"] == "fine"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_frame_written_straight_to_the_transport_is_a_valid_text_frame(size):
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    payload = ("é" * size).encode()[:size]
+    stream = StreamReader()
+    stream.feed_data(hub._text_frame(payload))
+    stream.feed_eof()
+    parser = Frame.parse(stream.read_exact, mask=False)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    frame = done.value.value
+    assert frame.opcode is Opcode.TEXT and frame.fin and not frame.rsv1
+    assert frame.data == payload
+
+
+async def test_frames_written_at_once_and_queued_behind_a_backlog_arrive_whole_and_in_order(
+    aiohttp_client, config, register, monkeypatch
+):
+    # Both ways out of Connection.send: straight to the transport while it takes
+    # frames, queued (and written by the pump through aiohttp) once it backs up.
+    outcomes: list[bool] = []
+    write_now = hub._write_now
+
+    def counting(*args: object) -> bool:
+        outcomes.append(write_now(*args))
+        return outcomes[-1]
+
+    monkeypatch.setattr(hub, "_write_now", counting)
+    # bob answers no ping while he reads nothing: the heartbeat must not drop him.
+    app = create_app(config.replace(outbox_limit=10_000, heartbeat=120.0))
+    client = await aiohttp_client(app)
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat = await create_chat(client, alice)
+    ws_b = await connect(client, bob)
+    await ws_b.send_json({"type": "join", "chat_id": chat})
+    await next_frame(ws_b, "joined")
+    bob_conn = next(c for c in app[HUB].connections if c.username == "bob")
+    # The server's send buffer for bob is made small and bob reads nothing until
+    # every message is sent: the server's writes back up into the queue.
+    bob_conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ws_b._response.connection.transport.pause_reading()
+
+    ws_a = await connect(client, alice)
+    # 126 to 15,000 bytes each, 1.5 MB in all: far beyond what the kernel buffers
+    texts = ["€" * (42 + n * 337 % 4958) for n in range(200)]
+    for n, text in enumerate(texts):
+        await ws_a.send_json({"text": text, "chat_id": chat, "nonce": str(n)})
+        await next_frame(ws_a, "message")
+    assert True in outcomes and False in outcomes, "both paths were taken"
+
+    ws_b._response.connection.transport.resume_reading()
+    received = [await next_frame(ws_b, "message", timeout=10) for _ in texts]
+    assert [m["nonce"] for m in received] == [str(n) for n in range(len(texts))]
+    assert [m["text"] for m in received] == texts
+    assert not bob_conn.dropped

@@ -1,0 +1,60 @@
+"""Proposed server changes, measured without changing chatapi/ (`--experiment NAME`).
+
+`bench.launch` applies the named patch in the ChatAPI process before it starts
+(BENCH_EXPERIMENT); the baselines are not patched. A run with an experiment says so
+in its notes; its figures show what the change would give, and BENCHMARKS.md quotes
+them next to the proposal.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+
+def one_trip_commit() -> None:
+    """Store a batch and commit it in one call on the database thread (one hand-off
+    to aiosqlite's thread and one wake-up of the event loop per batch instead of two)."""
+    from chatapi import db
+
+    def insert_and_commit(conn: sqlite3.Connection, drafts: Sequence[db.Draft]) -> list[db.Stored]:
+        try:
+            results = db._insert_batch(conn, drafts)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return results
+
+    async def insert_messages(database: db.Database, drafts: Sequence[db.Draft]) -> list[db.Stored]:
+        async with database._write_lock:
+            return await database.run_on_writer(insert_and_commit, drafts)
+
+    db.insert_messages = insert_messages
+
+
+def orjson_frames() -> None:
+    """Serialise message frames with orjson instead of the standard json module."""
+    import orjson
+
+    from chatapi import hub, realtime
+
+    def message_frame(message: dict) -> str:
+        frame = {"type": "message", **{field: message[field] for field in hub.MESSAGE_FIELDS}}
+        if message.get("nonce") is not None:
+            frame["nonce"] = message["nonce"]
+        return orjson.dumps(frame).decode()
+
+    hub.message_frame = message_frame
+    realtime.message_frame = message_frame
+
+
+EXPERIMENTS: dict[str, Callable[[], None]] = {
+    "one-trip-commit": one_trip_commit,
+    "orjson-frames": orjson_frames,
+}
+
+
+def apply(name: str) -> None:
+    """Apply the experiment `name` (one of EXPERIMENTS) in this process."""
+    EXPERIMENTS[name]()

@@ -1,0 +1,89 @@
+"""The benchmark scenarios at a tiny size, so that they keep working (no figure is checked).
+
+Each one starts its real servers (ChatAPI, the bare baselines, the FastAPI peer) and
+drives them with the bench's own generator; the peer and uvloop need the bench extra
+(`pip install -e '.[bench]'`) and are skipped without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common, fanout, ingest
+from bench.common import baseline_server, chatapi_server, commit_floor, temp_dir
+from bench.common import create_database as bench_database
+from bench.experiments import EXPERIMENTS
+from bench.report import render
+
+HAS_PEER = all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn"))
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+def delivered_everything(windows: dict[str, list[dict]]) -> None:
+    for kind, ws in windows.items():
+        for w in ws:
+            assert w["delivered"] == w["expected"] > 0, kind
+            assert w["closed_sockets"] == 0, kind
+
+
+async def test_fanout_against_the_bare_broadcast_and_the_peer():
+    kinds = fanout.KINDS if HAS_PEER else ("bare", "chatapi")
+    outcome = await fanout.run(plan=[(3, 20.0, 0.3)], rounds=1, kinds=kinds)
+    delivered_everything(outcome.raw["n3"])
+    assert outcome.raw["commit_floor_us"] > 0
+    metrics = {(row.scenario, row.metric) for row in outcome.rows}
+    assert ("1. fan-out N=3, 20 msg/s", "server CPU per delivered frame") in metrics
+    assert ("1. fan-out N=3, 20 msg/s", "p99 delivery latency") in metrics
+    if HAS_PEER:
+        assert ("1. fan-out N=3, 20 msg/s, vs the peer", "p99 delivery latency") in metrics
+    for row in outcome.rows:
+        assert row.ours > 0 and row.baseline > 0 and not math.isnan(row.ratio)
+    cpu_row = outcome.rows[0]
+    assert any("durable commit alone" in note for note in cpu_row.notes)
+    assert "| 1. fan-out N=3, 20 msg/s |" in render([outcome], "smoke", "now", 1.0)
+
+
+async def test_ingest_against_the_chat_broadcast_and_the_echo():
+    outcome = await ingest.run(quick=True, seconds=0.3)
+    for kind in ingest.KINDS:
+        assert all(w["acked"] > 0 for w in outcome.raw[kind]), kind
+    baselines = [row.baseline_name for row in outcome.rows]
+    assert baselines[0] == "bare broadcast, 16 chats × 4 sockets"
+    assert any(name.startswith("bare echo") for name in baselines)
+    assert [row.met is None for row in outcome.rows] == [False, False, True, True]
+
+
+def test_the_durable_commit_floor_is_measured(tmp_path):
+    assert 0 < commit_floor(tmp_path, count=5) < 1e6
+
+
+@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop comes with the bench extra")
+@pytest.mark.parametrize("server", ["bare", "chatapi"])
+def test_loop_uvloop_runs_the_servers_on_uvloop(server, monkeypatch):
+    monkeypatch.setenv("BENCH_LOOP", "uvloop")
+    with temp_dir("bench-smoke-") as d:
+        bench_database(str(d / "chat.db"), users=1, chats=1).close()
+        starter = baseline_server("broadcast") if server == "bare" else chatapi_server(
+            str(d / "chat.db"))
+        with starter as running, open(f"/proc/{running.pid}/maps") as maps:
+            assert "uvloop" in maps.read()
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+async def test_an_experiment_runs_side_by_side_with_chatapi_as_committed(
+    experiment, monkeypatch
+):
+    if experiment == "orjson-frames":
+        pytest.importorskip("orjson")
+    monkeypatch.setattr(common, "EXPERIMENT", experiment)
+    outcome = await fanout.run(plan=[(2, 20.0, 0.3)], rounds=1, kinds=("bare", "chatapi", "experiment"))
+    delivered_everything(outcome.raw["n2"])
+    label = f"1. fan-out N=2, 20 msg/s, experiment {experiment} vs as committed"
+    assert label in {row.scenario for row in outcome.rows}
