@@ -402,7 +402,8 @@ def paths(config: Config) -> dict[str, Schema]:
                         "description": "The direct chat of the two users, which existed.",
                         "content": json_content(ref("Chat")),
                     },
-                    "404": error("`user_id` names no user (direct chats)."),
+                    "404": error("`user_id` (direct chats) or a `members` id names no user."),
+                    "409": error("`user_id` is the caller's own id (direct chats)."),
                     "201": {
                         "description": "Created.",
                         "content": json_content(ref("Chat")),

@@ -281,7 +281,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "tags": tags,
                 "operationId": "createInvite",
                 "summary": "Create an invite code (admins; members too if the server allows)",
-                "requestBody": {"required": False, "content": _json(_ref("NewInvite"))},
+                "requestBody": {"required": True, "content": _json(_ref("NewInvite"))},
                 "responses": {
                     "201": {"description": "Created.", "content": _json(_ref("Invite"))},
                     "400": _response("BadRequest"),

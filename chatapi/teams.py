@@ -169,7 +169,7 @@ async def create_chat(request: web.Request) -> web.Response:
     try:
         chat = await db.create_team_chat(request.app[DB], name, kind, user["id"], members)
     except db.NotFound:
-        raise invalid("members", "every member must be an existing user id") from None
+        raise ApiError(404, "a member id names no user") from None
     if kind == "public":
         request.app[BUS].announce_chat(chat)
     else:
@@ -180,7 +180,8 @@ async def create_chat(request: web.Request) -> web.Response:
 async def _direct_chat(request: web.Request, body: dict[str, Any], user: dict[str, Any]) -> web.Response:
     other_id = user_id_field(body)
     if other_id == user["id"]:
-        raise invalid("user_id", "must be another user's id")
+        # Well-formed, but a direct chat is between two users.
+        raise ApiError(409, "a direct chat needs another user: user_id is your own id")
     name = chat_name(body) if "name" in body else "direct"
     try:
         chat, created = await db.direct_chat(request.app[DB], user["id"], other_id, name)
