@@ -242,7 +242,7 @@ def paths(config: Config) -> dict[str, Schema]:
                     "201": {"description": "Added.", "content": _json(_ref("Member"))},
                     **with_body,
                     "403": _error(NOT_OWNER),
-                    "409": _error("The user is already a member."),
+                    "409": _error("The user is already a member, or the chat is direct."),
                 },
             },
         },
@@ -257,7 +257,10 @@ def paths(config: Config) -> dict[str, Schema]:
                     "200": {"description": "Changed.", "content": _json(_ref("ChangedRole"))},
                     **with_body,
                     "403": _error(NOT_OWNER),
-                    "409": _error("The chat's last owner cannot stop being one."),
+                    "409": _error(
+                        "The chat's last owner cannot stop being one; a direct chat's members "
+                        "never change."
+                    ),
                 },
             },
             "delete": {
@@ -270,9 +273,10 @@ def paths(config: Config) -> dict[str, Schema]:
                 "responses": {
                     "204": {"description": "Removed."},
                     **common,
-                    "400": _error("Direct chats keep their two members."),
                     "403": _error(NOT_OWNER),
-                    "409": _error("The chat's last owner cannot leave."),
+                    "409": _error(
+                        "The chat's last owner cannot leave; a direct chat's members never change."
+                    ),
                 },
             },
         },

@@ -221,7 +221,7 @@ async def _managed_chat(request: web.Request) -> dict[str, Any]:
     if chat["role"] != "owner" and not user["is_admin"]:
         raise ApiError(403, "only the chat's owners and admins manage its members")
     if chat["kind"] == "direct":
-        raise ApiError(400, "a direct chat's members cannot change")
+        raise ApiError(409, "a direct chat's two members never change")
     return chat
 
 
@@ -279,7 +279,7 @@ async def remove_member(request: web.Request) -> web.Response:
         if chat is None:
             raise unknown_chat(chat_id)
         if chat["kind"] == "direct":
-            raise ApiError(400, "a direct chat's members cannot change")
+            raise ApiError(409, "a direct chat's two members never change")
         kind = "member_left"
     else:
         chat = await _managed_chat(request)
