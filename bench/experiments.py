@@ -15,23 +15,24 @@ from collections.abc import Callable, Sequence
 def one_trip_commit() -> None:
     """Store a batch and commit it in one call on the database thread (one hand-off
     to aiosqlite's thread and one wake-up of the event loop per batch instead of two)."""
-    from chatapi import db
+    from chatapi import db, sqlite
 
     def insert_and_commit(conn: sqlite3.Connection, drafts: Sequence[db.Draft]) -> list[db.Stored]:
         try:
-            results = db._insert_batch(conn, drafts)
+            results = sqlite._insert_batch(conn, drafts)
         except BaseException:
             conn.rollback()
             raise
         conn.commit()
         return results
 
-    async def insert_messages(database: db.Database, drafts: Sequence[db.Draft]) -> list[db.Stored]:
+    async def insert_messages(
+        database: sqlite.SQLiteDatabase, drafts: Sequence[db.Draft]
+    ) -> list[db.Stored]:
         async with database._write_lock:
             return await database.run_on_writer(insert_and_commit, drafts)
 
-    db.insert_messages = insert_messages
-
+    sqlite.SQLiteDatabase.insert_messages = insert_messages  # type: ignore[method-assign]
 
 def orjson_frames() -> None:
     """Serialise message frames with orjson instead of the standard json module."""
