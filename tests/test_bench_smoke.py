@@ -87,3 +87,12 @@ async def test_an_experiment_runs_side_by_side_with_chatapi_as_committed(
     delivered_everything(outcome.raw["n2"])
     label = f"1. fan-out N=2, 20 msg/s, experiment {experiment} vs as committed"
     assert label in {row.scenario for row in outcome.rows}
+
+
+async def test_the_chat_list_with_unread_counts_against_the_list_without():
+    from bench import unread
+
+    outcome = await unread.run(quick=True)
+    (row,) = outcome.rows
+    assert row.ours > 0 and row.baseline > 0 and row.ratio == row.ours / row.baseline
+    assert len(outcome.raw["counted_ms"]) == len(outcome.raw["plain_ms"]) > 0
