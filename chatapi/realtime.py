@@ -16,6 +16,7 @@ from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
 from .validation import NUL, ApiError, is_int, is_utf8
+from .writer import NOT_STORED
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,12 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
         )
 
     if chat_id not in conn.member_of:
-        if not await teams.enter_chat(app, conn.user_id, chat_id):
+        try:
+            allowed = await teams.enter_chat(app, conn.user_id, chat_id)
+        except db.Unavailable:
+            # As for a failed store: the error carries the nonce, so the client resends.
+            raise FrameError(NOT_STORED) from None
+        if not allowed:
             raise FrameError(f"chat {chat_id} does not exist")
         conn.member_of.add(chat_id)
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+NOT_STORED = "message not stored: the database failed; send it again"
 
 
 class MessageWriter:
@@ -53,7 +54,7 @@ class MessageWriter:
                 results = await db.insert_messages(self._db, [draft for draft, _ in batch])
             except Exception:
                 log.exception("storing %d messages failed", len(batch))
-                failed = db.Stored(None, error="message not stored: the database failed; send it again")
+                failed = db.Stored(None, error=NOT_STORED)
                 for _, future in batch:
                     if not future.done():
                         future.set_result(failed)
