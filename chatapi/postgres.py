@@ -70,6 +70,14 @@ _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.
 _MESSAGE_JSON = """m.id AS id, json_strip_nulls(json_build_object(
     'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
     'text', m.text, 'nonce', m.nonce, 'created_at', m.created_at))::text AS json"""
+_INSERT_USER = f"""INSERT INTO users (email, username, username_key, password_hash)
+                       VALUES ($1, $2, $3, $4)
+                       RETURNING {_USER_COLUMNS}"""
+
+
+def _user_conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
+    """The Conflict naming the taken field of a failed user insert."""
+    return Conflict("email" if "email" in (exc.constraint_name or "") else "username")
 
 
 def describe(url: str) -> str:
@@ -159,13 +167,10 @@ class PostgresDatabase(Database):
     async def create_user(self, email: str, username: str, password_hash: str) -> dict[str, Any]:
         try:
             row = await self.pool.fetchrow(
-                f"""INSERT INTO users (email, username, username_key, password_hash)
-                        VALUES ($1, $2, $3, $4)
-                        RETURNING {_USER_COLUMNS}""",
-                email, username, username.casefold(), password_hash,
+                _INSERT_USER, email, username, username.casefold(), password_hash,
             )
         except asyncpg.UniqueViolationError as exc:
-            raise Conflict("email" if "email" in (exc.constraint_name or "") else "username") from None
+            raise _user_conflict(exc) from None
         return dict(row)
 
     async def user_by_email(self, email: str) -> dict[str, Any] | None:
@@ -458,14 +463,10 @@ class PostgresDatabase(Database):
                     # A savepoint: a conflict is raised as Conflict, the outer transaction rolls back.
                     async with conn.transaction():
                         row = await conn.fetchrow(
-                            f"""INSERT INTO users (email, username, username_key, password_hash)
-                                    VALUES ($1, $2, $3, $4)
-                                    RETURNING {_USER_COLUMNS}""",
-                            email, username, username.casefold(), password_hash,
+                            _INSERT_USER, email, username, username.casefold(), password_hash,
                         )
                 except asyncpg.UniqueViolationError as exc:
-                    field = "email" if "email" in (exc.constraint_name or "") else "username"
-                    raise Conflict(field) from None
+                    raise _user_conflict(exc) from None
                 stored_users.append(dict(row))
             stored_chats = []
             for name, owner in chats:
@@ -735,13 +736,10 @@ class PostgresDatabase(Database):
                 if spent is None:
                     raise NotFound("invite")
                 row = await conn.fetchrow(
-                    f"""INSERT INTO users (email, username, username_key, password_hash)
-                            VALUES ($1, $2, $3, $4)
-                            RETURNING {_USER_COLUMNS}""",
-                    email, username, username.casefold(), password_hash,
+                    _INSERT_USER, email, username, username.casefold(), password_hash,
                 )
         except asyncpg.UniqueViolationError as exc:
-            raise Conflict("email" if "email" in (exc.constraint_name or "") else "username") from None
+            raise _user_conflict(exc) from None
         return dict(row)
 
 
