@@ -55,7 +55,7 @@ async def serve(mode: str, host: str, port: int) -> None:
     app.router.add_get("/{tail:.*}", broadcast if mode == "broadcast" else echo)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)  # default backlog, as ChatAPI
+    site = web.TCPSite(runner, host, port, backlog=1024)  # the listen queue ChatAPI uses
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     print(f"http://{bound_host}:{bound_port}", flush=True)

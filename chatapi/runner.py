@@ -37,10 +37,15 @@ from .redaction import redact_logs
 
 log = logging.getLogger(__name__)
 
-# Descriptors kept free besides the cap: the database, the log, the event loop, and the
-# connections accepted in one go (the listen backlog) before any of them is refused.
-BACKLOG = 128
-RESERVE = BACKLOG + 72
+# The kernel's queue of connections not yet accepted (capped by net.core.somaxconn). They
+# hold no descriptor of ours; a queue that overflows during a burst drops handshakes, and a
+# client whose final ACK was dropped believes it is connected to a server that never hears
+# of it, so the queue is made long enough for a burst and drained quickly.
+BACKLOG = 1024
+ACCEPT_BATCH = 128  # connections accepted per wake-up before other work runs
+# Descriptors kept free besides the cap: the database, the log, the event loop, the bus,
+# and the one connection being refused at any moment.
+RESERVE = 200
 WARNING_INTERVAL = 60.0  # seconds between two log lines about refused connections
 
 _PARSER_ERRORS = {
@@ -263,7 +268,7 @@ class CappedSite(web.TCPSite):
     def _accept(self) -> None:
         listener = self._listener
         assert listener is not None
-        for _ in range(self._backlog):
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
