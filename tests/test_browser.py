@@ -429,6 +429,11 @@ def test_a_long_chat_opens_at_the_newest_message_and_stays_usable(browser, tmp_p
         page.reload()
         expect(page.locator("#connection")).to_have_text("connected")
         expect(page.locator("#chat-list .chat-link")).to_have_count(1)
+        # The "private" choice of the new-chat form reads as one line beside its box.
+        box = page.get_by_label("Private: members only").bounding_box()
+        label = page.locator("label.check").bounding_box()
+        assert label["height"] < 2 * box["height"] + 8, label
+        assert box["x"] - label["x"] < 8, (box, label)
         api(server.url, "POST", "/chats/create", {"name": "Book club"}, token=dana["token"])
         expect(page.locator("#chat-list").get_by_role("button", name="Book club")).to_be_visible()
 
