@@ -12,6 +12,13 @@ import urllib.request
 
 import pytest
 import schemathesis
+
+# schemathesis' generation modules are imported here, not lazily during the run: pytest
+# rewrites them as they are imported, and CPython 3.11's AST constructor can fail with
+# "recursion depth mismatch" when that parse meets compilation in another thread (the
+# server's, here): python/cpython#106905.
+import schemathesis.generation.jsonschema.builder
+import schemathesis.specs.openapi.adapter
 from conftest import BACKENDS, database_for
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
