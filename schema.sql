@@ -79,3 +79,18 @@ CREATE TABLE IF NOT EXISTS invites (
 );
 
 PRAGMA user_version = 2;
+
+-- Messages that change (schema version 4): `seq` is null until a message first
+-- changes (it then reads as its id); every edit, delete or reaction takes a new
+-- value from the message id allocation (sqlite_sequence), so "seq > N" replays
+-- every change after a cursor. The columns are added to an older database by
+-- chatapi/sqlite.py; the index is created there, after them.
+
+CREATE TABLE IF NOT EXISTS reactions (
+    message_id INTEGER NOT NULL REFERENCES messages (id),
+    user_id    INTEGER NOT NULL REFERENCES users (id),
+    emoji      TEXT    NOT NULL,
+    PRIMARY KEY (message_id, user_id, emoji)
+);
+
+PRAGMA user_version = 4;

@@ -119,3 +119,26 @@ INSERT INTO members (chat_id, user_id, role)
     WHERE (SELECT value FROM settings WHERE key = 'schema_version') = '1'
     ON CONFLICT DO NOTHING;
 UPDATE settings SET value = '2' WHERE key = 'schema_version' AND value = '1';
+
+-- Messages that change (schema version 4): `seq` is null until a message first
+-- changes (it then reads as its id); every edit, delete or reaction takes a new
+-- value from the message id sequence under the chat's row lock, so within a chat
+-- seq commits in increasing order and "seq > N" replays every change after a cursor.
+-- `reactions` caches the message's reactions as JSON, so that a read is one row.
+
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS seq bigint;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS edited_at text;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS deleted_at text;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS reply_to bigint;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS reactions text;
+
+CREATE INDEX IF NOT EXISTS messages_changed ON messages (chat_id, seq) WHERE seq IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS reactions (
+    message_id bigint NOT NULL REFERENCES messages (id),
+    user_id    bigint NOT NULL REFERENCES users (id),
+    emoji      text   NOT NULL,
+    PRIMARY KEY (message_id, user_id, emoji)
+);
+
+UPDATE settings SET value = '4' WHERE key = 'schema_version' AND value::int < 4;

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import chats, db, openapi, realtime, teams, users
+from . import chats, db, messages, openapi, realtime, teams, users
 from .auth import public
 from .bus import bus_for
 from .config import Config
@@ -154,6 +154,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/chats/messages", chats.chat_messages, allow_head=False)
     app.router.add_get("/chats/ws", realtime.chat_socket)
     teams.add_routes(app)
+    messages.add_routes(app)
     app.router.add_get("/health", health)
     if config.metrics:
         app.router.add_get("/metrics", metrics_page)

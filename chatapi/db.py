@@ -9,6 +9,7 @@ which backend runs. Rows are plain dicts; timestamps are ISO 8601 UTC text
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -52,9 +53,32 @@ class Draft:
     # The token version the sending socket authenticated with: once the user's
     # tokens are revoked (logout, a password reset), the draft is not stored.
     token_version: int | None = None
+    reply_to: int | None = None  # a message of the same chat
 
 
 REVOKED = "your tokens were revoked: log in again"
+
+# What a change may do (Change.kind), and why one is refused (Stored.error).
+EDIT, DELETE, REACT, UNREACT = "edit", "delete", "react", "unreact"
+NO_MESSAGE, FORBIDDEN, GONE, TOO_MANY = "no_message", "forbidden", "deleted", "too_many"
+MAX_REACTIONS = 20  # distinct emoji one user may put on one message
+
+
+@dataclass
+class Change:
+    """An edit, delete, reaction or its removal, waiting to be stored.
+
+    `moderator`: the user may delete others' messages (an owner of the chat, or an admin).
+    """
+
+    kind: str
+    chat_id: int
+    message_id: int
+    user_id: int
+    text: str | None = None
+    emoji: str | None = None
+    moderator: bool = False
+    token_version: int | None = None
 
 
 @dataclass
@@ -62,8 +86,29 @@ class Stored:
     """The outcome of one draft: the message, or why it was not stored."""
 
     message: dict[str, Any] | None
-    is_new: bool = False
+    is_new: bool = False  # for a change: it changed the message (a new seq)
     error: str | None = None
+
+
+def public_message(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as clients see it: `seq` always, the other fields of
+    changes and replies only when set; a deleted message is a tombstone."""
+    message = {
+        "id": row["id"], "chat_id": row["chat_id"], "owner_id": row["owner_id"],
+        "username": row["username"], "text": row["text"], "created_at": row["created_at"],
+    }
+    if row.get("nonce") is not None:
+        message["nonce"] = row["nonce"]
+    message["seq"] = row.get("seq") or row["id"]
+    for field in ("reply_to", "edited_at"):
+        if row.get(field) is not None:
+            message[field] = row[field]
+    if row.get("deleted_at") is not None:
+        message["deleted"] = True
+        message["deleted_at"] = row["deleted_at"]
+    if row.get("reactions"):
+        message["reactions"] = json.loads(row["reactions"])
+    return message
 
 
 class Database(ABC):
@@ -123,13 +168,22 @@ class Database(ABC):
     async def chat_exists(self, chat_id: int) -> bool: ...
 
     @abstractmethod
-    async def last_message_id(self, chat_id: int) -> int: ...
+    async def last_seq(self, chat_id: int) -> int:
+        """The highest seq of the chat (0 when it has no message)."""
 
     @abstractmethod
-    async def newest_message_id(self, chat_id: int) -> int | None: ...
+    async def newest_seq(self, chat_id: int) -> int | None: ...
 
     @abstractmethod
-    async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]: ...
+    async def changes_after(self, positions: dict[int, int], limit: int) -> list[dict[str, Any]]:
+        """Of each chat, the messages whose seq is above its position (new ones and
+        changed ones), by chat then seq, at most `limit` in all."""
+
+    @abstractmethod
+    async def message_by_id(self, chat_id: int, message_id: int) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def apply_changes(self, changes: Sequence[Change]) -> list[Stored]: ...
 
     @abstractmethod
     async def message_page(
@@ -321,9 +375,38 @@ async def chat_exists(db: Database, chat_id: int) -> bool:
     return await db.chat_exists(chat_id)
 
 
-async def newest_message_id(db: Database, chat_id: int) -> int | None:
-    """The id of the chat's newest message (0 when it has none); None if no such chat."""
-    return await db.newest_message_id(chat_id)
+async def newest_seq(db: Database, chat_id: int) -> int | None:
+    """The chat's highest seq: its newest message or change (0 when it has no message);
+    None if no such chat."""
+    return await db.newest_seq(chat_id)
+
+
+async def message_by_id(db: Database, chat_id: int, message_id: int) -> dict[str, Any] | None:
+    """One message of a chat (a tombstone if deleted), or None."""
+    return await db.message_by_id(chat_id, message_id)
+
+
+async def changes_since(
+    db: Database, chat_id: int, since: int, page: int = PAGE
+) -> AsyncIterator[dict[str, Any]]:
+    """Every message of a chat whose seq is above `since` (new or changed since), in seq
+    order, a page at a time (no statement stays open while the caller awaits)."""
+    while True:
+        rows = await db.changes_after({chat_id: since}, page)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        since = rows[-1]["seq"]
+
+
+async def apply_changes(db: Database, changes: Sequence[Change]) -> list[Stored]:
+    """Store changes in one transaction, in order. Each that changes its message gives
+    it a new seq (from the message id allocation, under the chat's lock: within a chat
+    seq commits in increasing order) and is_new; one that changes nothing (a reaction
+    already there, a delete of a tombstone) gives the message as it is; a refused one
+    gives `error` (NO_MESSAGE, FORBIDDEN, GONE, TOO_MANY or REVOKED)."""
+    return await db.apply_changes(changes)
 
 
 async def chat_messages(

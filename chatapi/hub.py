@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .db import public_message
+
 if TYPE_CHECKING:
     from .metrics import Metrics
 
@@ -27,11 +29,10 @@ CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the connection 
 MESSAGE_FIELDS = ("id", "chat_id", "owner_id", "username", "text", "created_at")
 
 
-def message_frame(message: dict[str, Any]) -> str:
-    frame = {"type": "message", **{field: message[field] for field in MESSAGE_FIELDS}}
-    if message.get("nonce") is not None:
-        frame["nonce"] = message["nonce"]
-    return json.dumps(frame, ensure_ascii=False)
+def message_frame(message: dict[str, Any], kind: str = "message") -> str:
+    """A `message` frame (a message new to the client) or an `update` frame (a change of
+    one it has), with the whole current message."""
+    return json.dumps({"type": kind, **public_message(message)}, ensure_ascii=False)
 
 
 def error_frame(error: str, **extra: Any) -> str:
@@ -130,9 +131,10 @@ class Connection:
         self.username: str = user["username"]
         # The version of the token the socket authenticated with (see Hub.close_revoked).
         self.token_version: int = user["token_version"]
-        # chat id -> None when live, or the (message id, frame) buffered during a catch-up
-        self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
-        # chat id -> the last message id a catch-up sent: older ones are not sent again
+        # chat id -> None when live, or the (seq, frame, message id, update frame)
+        # buffered during a catch-up
+        self.subscriptions: dict[int, list[tuple[int, str, int, str | None]] | None] = {}
+        # chat id -> the last seq a catch-up sent: older ones are not sent again
         self.floors: dict[int, int] = {}
         # chats this socket's user was found to be a member of; a removal clears it
         self.member_of: set[int] = set()
@@ -182,29 +184,38 @@ class Connection:
             self._room.clear()
             await self._room.wait()
 
-    def deliver(self, chat_id: int, message_id: int, frame: str) -> None:
+    def deliver(
+        self, chat_id: int, seq: int, frame: str, message_id: int = 0, update: str | None = None
+    ) -> None:
+        """Send a frame of a chat unless a catch-up already sent its seq. `update`: the
+        `update` variant of a `message` frame of a message created and changed before
+        this process read it, sent instead if the catch-up sent the message."""
         buffer = self.subscriptions.get(chat_id)
         if buffer is None:
-            if message_id > self.floors.get(chat_id, 0):
-                self.send(frame)
+            floor = self.floors.get(chat_id, 0)
+            if seq > floor:
+                self.send(update if update is not None and message_id <= floor else frame)
         elif len(buffer) >= self._limit:
             self._drop_as_slow("too slow: could not catch up")
         else:
-            buffer.append((message_id, frame))
+            buffer.append((seq, frame, message_id, update))
 
     def go_live(self, chat_id: int, last_sent: int) -> None:
-        """End a catch-up that sent messages up to `last_sent`: send what was
-        buffered after it, then deliver directly, skipping ids up to it.
+        """End a catch-up that sent changes up to seq `last_sent`: send what was
+        buffered after it, then deliver directly, skipping seq values up to it.
 
-        A message committed before the catch-up read but published after this
-        point was already replayed; the floor keeps it from arriving twice.
+        A change committed before the catch-up read but published after this
+        point was already replayed; the floor keeps it from arriving twice. The
+        catch-up sent every message with an id up to the floor (seq and ids come
+        from one allocation, committed in order within a chat), so a `message`
+        frame of one of them goes out as its `update`.
         """
         buffered = self.subscriptions.get(chat_id) or []
         self.subscriptions[chat_id] = None
         self.floors[chat_id] = last_sent
-        for message_id, frame in buffered:
-            if message_id > last_sent:
-                self.send(frame)
+        for seq, frame, message_id, update in buffered:
+            if seq > last_sent:
+                self.send(update if update is not None and message_id <= last_sent else frame)
 
     async def pump(self) -> None:
         """Write the queued frames in order, awaiting the peer; ends once none is left."""
@@ -368,14 +379,29 @@ class Hub:
             if not subscribers:
                 del self._subscribers[chat_id]
 
-    def publish(self, message: dict[str, Any]) -> None:
-        """Fan a committed message out to the subscribers of its chat."""
-        self._fan_out(message["chat_id"], message["id"], message_frame(message))
+    def publish(self, message: dict[str, Any], new: bool | None = None) -> None:
+        """Fan a committed message or change out to the subscribers of its chat: as a
+        `message` frame when `new` (by default: when it has not changed since it was
+        created), else as an `update`."""
+        seq = message.get("seq") or message["id"]
+        if new is None:
+            new = seq == message["id"]
+        if not new:
+            self._fan_out(message["chat_id"], seq, message_frame(message, "update"))
+        elif seq == message["id"]:
+            self._fan_out(message["chat_id"], seq, message_frame(message))
+        else:  # created and changed before this process read it
+            self._fan_out(
+                message["chat_id"], seq, message_frame(message), message["id"],
+                message_frame(message, "update"),
+            )
 
-    def _fan_out(self, chat_id: int, message_id: int, frame: str) -> None:
+    def _fan_out(
+        self, chat_id: int, seq: int, frame: str, message_id: int = 0, update: str | None = None
+    ) -> None:
         subscribers = self._subscribers.get(chat_id, ())
         for conn in subscribers:
-            conn.deliver(chat_id, message_id, frame)
+            conn.deliver(chat_id, seq, frame, message_id, update)
         # One increment per message, not one per socket: this loop is the hot path.
         if subscribers and self._metrics is not None:
             self._metrics.frames_delivered.inc(len(subscribers))

@@ -52,8 +52,11 @@ class PostgresBus(Bus):
         super().__init__(hub)
         self.db = database
         self.metrics = metrics
-        # chat id -> last message id delivered here, for chats with local subscribers
+        # chat id -> last seq delivered here, for chats with local subscribers
         self.positions: dict[int, int] = {}
+        # chat id -> (every message with an id up to this was delivered here, the ids
+        # above it delivered since): a message is new to subscribers once (see _deliver)
+        self._known: dict[int, tuple[int, set[int]]] = {}
         self._dirty: set[int] = set()
         self._rings: dict[int, float] = {}  # chat id -> when its oldest unread doorbell rang
         self._wake = asyncio.Event()
@@ -87,8 +90,10 @@ class PostgresBus(Bus):
     async def follow(self, chat_id: int) -> None:
         if chat_id in self.positions:
             return
-        last = await self.db.last_message_id(chat_id)
-        self.positions.setdefault(chat_id, last)
+        last = await self.db.last_seq(chat_id)
+        if chat_id not in self.positions:
+            self.positions[chat_id] = last
+            self._known[chat_id] = (last, set())
         # A doorbell may have rung while the chat was not followed yet.
         self._ring({chat_id})
 
@@ -180,13 +185,14 @@ class PostgresBus(Bus):
             for chat_id in list(self.positions):
                 if not self.hub.has_subscribers(chat_id):
                     del self.positions[chat_id]
+                    self._known.pop(chat_id, None)
             chats = {c: self.positions[c] for c in self._dirty if c in self.positions}
             rung = self._rings
             self._dirty, self._rings = set(), {}
             if not chats:
                 continue
             try:
-                rows = await self.db.messages_after(chats)
+                rows = await self.db.changes_after(chats, CATCH_UP_ROWS)
             except DOWN as exc:  # the database is away: keep the work, try again
                 log.warning("reading new messages failed (%s); retrying", type(exc).__name__)
                 self._dirty |= set(chats)
@@ -197,21 +203,39 @@ class PostgresBus(Bus):
                 self._wake.set()
                 continue
             backoff = 0.1
-            self._deliver(rows, rung)
-            if len(rows) >= CATCH_UP_ROWS:  # more are waiting
+            complete = len(rows) < CATCH_UP_ROWS
+            self._deliver(rows, rung, complete)
+            if not complete:  # more are waiting
                 self._ring(set(chats))
 
-    def _deliver(self, rows: list[dict[str, Any]], rung: dict[int, float]) -> None:
+    def _deliver(self, rows: list[dict[str, Any]], rung: dict[int, float], complete: bool) -> None:
+        """Publish rows read after the chats' positions, in seq order.
+
+        A row is a `message` the first time its id is delivered here, else an
+        `update`. After a complete read every message with an id up to the
+        position has been delivered (seq and ids come from one allocation, which
+        commits in order within a chat); after a read cut at the row limit, a
+        message whose id is below the cut but whose new seq is above it comes
+        later, so the ids delivered since the last complete read are remembered.
+        """
         now = time.monotonic()
         for row in rows:
             chat_id = row["chat_id"]
             last = self.positions.get(chat_id)
-            if last is None or row["id"] <= last:
+            if last is None or row["seq"] <= last:
                 continue
-            self.positions[chat_id] = row["id"]
-            self.hub.publish(row)
+            self.positions[chat_id] = row["seq"]
+            known, since = self._known.setdefault(chat_id, (last, set()))
+            new = row["id"] > known and row["id"] not in since
+            if new and not complete:
+                since.add(row["id"])
+            self.hub.publish(row, new)
             if self.metrics is not None and chat_id in rung:
                 self.metrics.bus_delivery_lag.observe(now - rung.pop(chat_id))
+        if complete:
+            for chat_id in {row["chat_id"] for row in rows}:
+                if chat_id in self.positions:
+                    self._known[chat_id] = (self.positions[chat_id], set())
 
     async def _listen_loop(self) -> None:
         backoff = 0.1

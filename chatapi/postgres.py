@@ -21,8 +21,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from . import db
 from .db import (
     REVOKED,
+    Change,
     Conflict,
     Database,
     Draft,
@@ -35,7 +37,7 @@ from .db import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
@@ -64,12 +66,22 @@ _ONLINE = """(EXISTS (SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
                    WHERE p.user_id = users.id AND n.lease_until > now()))::int AS is_online"""
 _USER_COLUMNS = f"""id, email, username, password_hash, token_version, {_ONLINE}, created_at,
     EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
-_MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
-# One message as the JSON text of the history, built by PostgreSQL (`nonce`
-# only when the sender gave one: it is the only column that can be null).
+_MESSAGE_COLUMNS = """m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at,
+    coalesce(m.seq, m.id) AS seq, m.reply_to, m.edited_at, m.deleted_at, m.reactions"""
+_RETURNED = """id, chat_id, owner_id, text, nonce, created_at, id AS seq, reply_to,
+    edited_at, deleted_at, reactions"""
+# One message as the JSON text of the history, built by PostgreSQL: the fields of
+# chatapi.db.public_message, the null ones stripped.
 _MESSAGE_JSON = """m.id AS id, json_strip_nulls(json_build_object(
     'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
-    'text', m.text, 'nonce', m.nonce, 'created_at', m.created_at))::text AS json"""
+    'text', m.text, 'created_at', m.created_at, 'nonce', m.nonce,
+    'seq', coalesce(m.seq, m.id), 'reply_to', m.reply_to, 'edited_at', m.edited_at,
+    'deleted', CASE WHEN m.deleted_at IS NOT NULL THEN true END,
+    'deleted_at', m.deleted_at, 'reactions', m.reactions::json))::text AS json"""
+# The chat's highest seq: its newest message, or a later change.
+_LAST_SEQ = """greatest(
+    (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1),
+    (SELECT coalesce(max(seq), 0) FROM messages WHERE chat_id = $1 AND seq > 0))"""
 _INSERT_USER = f"""INSERT INTO users (email, username, username_key, password_hash)
                        VALUES ($1, $2, $3, $4)
                        RETURNING {_USER_COLUMNS}"""
@@ -385,29 +397,51 @@ class PostgresDatabase(Database):
 
     # Messages
 
-    async def last_message_id(self, chat_id: int) -> int:
-        return await self.pool.fetchval(
-            """SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1""", chat_id
-        )
+    async def last_seq(self, chat_id: int) -> int:
+        return await self.pool.fetchval(f"""SELECT {_LAST_SEQ}""", chat_id)
 
-    async def newest_message_id(self, chat_id: int) -> int | None:
-        row = await self.pool.fetchrow(
-            """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
-                   FROM chats WHERE id = $1""",
-            chat_id,
-        )
+    async def newest_seq(self, chat_id: int) -> int | None:
+        row = await self.pool.fetchrow(f"""SELECT {_LAST_SEQ} FROM chats WHERE id = $1""", chat_id)
         return row[0] if row else None
 
-    async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
+    async def changes_after(self, positions: dict[int, int], limit: int) -> list[dict[str, Any]]:
+        # New messages by id, changed ones by the partial index on seq.
         rows = await self.pool.fetch(
             f"""SELECT {_MESSAGE_COLUMNS}
                 FROM unnest($1::bigint[], $2::bigint[]) AS p (chat_id, after)
-                JOIN messages m ON m.chat_id = p.chat_id AND m.id > p.after
+                CROSS JOIN LATERAL (
+                    (SELECT * FROM messages
+                     WHERE chat_id = p.chat_id AND id > p.after AND seq IS NULL
+                     ORDER BY id LIMIT $3)
+                    UNION ALL
+                    (SELECT * FROM messages WHERE chat_id = p.chat_id AND seq > p.after
+                     ORDER BY seq LIMIT $3)) AS m
                 JOIN users u ON u.id = m.owner_id
-                ORDER BY m.chat_id, m.id LIMIT $3""",
-            list(positions), list(positions.values()), CATCH_UP_ROWS,
+                ORDER BY m.chat_id, coalesce(m.seq, m.id) LIMIT $3""",
+            list(positions), list(positions.values()), limit,
         )
         return [dict(row) for row in rows]
+
+    async def message_by_id(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                WHERE m.id = $1 AND m.chat_id = $2""",
+            message_id, chat_id,
+        )
+        return dict(row) if row else None
+
+    async def apply_changes(self, changes: Sequence[Change]) -> list[Stored]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # As insert_messages: the chats locked in ascending order, seq values
+            # taken under the lock commit in order.
+            await conn.execute(
+                """SELECT id FROM chats WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE""",
+                sorted({change.chat_id for change in changes}),
+            )
+            results = [await _change(conn, change) for change in changes]
+            touched = sorted({s.message["chat_id"] for s in results if s.is_new and s.message})
+            await self._notify_ids(conn, MESSAGES, touched)
+        return results
 
     async def message_page(
         self, chat_id: int, as_json: bool, after: int, before: int, limit: int, newest: bool
@@ -484,10 +518,10 @@ class PostgresDatabase(Database):
             for chat, owner, text, nonce, created_at in messages:
                 try:
                     row = await conn.fetchrow(
-                        """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                        f"""INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
                            VALUES ($1, $2, $3, $4, COALESCE($5, to_char(
                                now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')))
-                           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                           RETURNING {_RETURNED}""",
                         stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce,
                         created_at,
                     )
@@ -789,15 +823,16 @@ async def _insert_batch(
             errors.append(None)
     valid = [n for n, error in enumerate(errors) if error is None]
     rows = await conn.fetch(
-        """INSERT INTO messages (chat_id, owner_id, text, nonce)
-           SELECT chat_id, owner_id, text, nonce
-           FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
-                WITH ORDINALITY AS d (chat_id, owner_id, text, nonce, n)
-           ORDER BY n
-           ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
-           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+        f"""INSERT INTO messages (chat_id, owner_id, text, nonce, reply_to)
+            SELECT chat_id, owner_id, text, nonce, reply_to
+            FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
+                 WITH ORDINALITY AS d (chat_id, owner_id, text, nonce, reply_to, n)
+            ORDER BY n
+            ON CONFLICT (owner_id, nonce) WHERE nonce IS NOT NULL DO NOTHING
+            RETURNING {_RETURNED}""",
         [drafts[n].chat_id for n in valid], [drafts[n].owner_id for n in valid],
         [drafts[n].text for n in valid], [drafts[n].nonce for n in valid],
+        [drafts[n].reply_to for n in valid],
     )
     # Ids grow in draft order; a draft without a nonce is always inserted, so the
     # rows without one pair with those drafts in order; the others go by nonce.
@@ -831,6 +866,95 @@ async def _insert_batch(
         for n in repeated:
             results[n] = Stored(originals[(drafts[n].owner_id, drafts[n].nonce)])
     return results  # type: ignore[return-value]
+
+
+_NOW = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+_NEXT_SEQ = """nextval(pg_get_serial_sequence('messages', 'id'))"""
+
+
+async def _change(conn: asyncpg.Connection, change: Change) -> Stored:
+    """Apply one change (its chat locked by the caller): the message and whether it
+    changed, or why it is refused."""
+    row = await conn.fetchrow(
+        """SELECT m.owner_id, m.deleted_at, u.token_version FROM messages m, users u
+           WHERE m.id = $1 AND m.chat_id = $2 AND u.id = $3 FOR SHARE OF u""",
+        change.message_id, change.chat_id, change.user_id,
+    )
+    if row is None:
+        return Stored(None, error=db.NO_MESSAGE)
+    if change.token_version is not None and row["token_version"] != change.token_version:
+        return Stored(None, error=REVOKED)
+    error = await _change_one(conn, change, row["owner_id"] == change.user_id, row["deleted_at"])
+    if error not in (None, False):
+        return Stored(None, error=error)
+    message = await conn.fetchrow(
+        f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+            WHERE m.id = $1""",
+        change.message_id,
+    )
+    return Stored(dict(message), is_new=error is None)
+
+
+async def _change_one(
+    conn: asyncpg.Connection, change: Change, mine: bool, deleted_at: str | None
+) -> str | bool | None:
+    """None when the change changed the message, False when there was nothing to change,
+    or why it is refused."""
+    message_id = change.message_id
+    if change.kind == db.EDIT:
+        if deleted_at is not None:
+            return db.GONE
+        if not mine:
+            return db.FORBIDDEN
+        await conn.execute(
+            f"""UPDATE messages SET text = $2, edited_at = {_NOW}, seq = {_NEXT_SEQ}
+                WHERE id = $1""",
+            message_id, change.text,
+        )
+    elif change.kind == db.DELETE:
+        if not (mine or change.moderator):
+            return db.FORBIDDEN
+        if deleted_at is not None:
+            return False
+        await conn.execute("""DELETE FROM reactions WHERE message_id = $1""", message_id)
+        await conn.execute(
+            f"""UPDATE messages SET text = '', reactions = NULL, deleted_at = {_NOW},
+                    seq = {_NEXT_SEQ}
+                WHERE id = $1""",
+            message_id,
+        )
+    else:
+        if change.kind == db.REACT:
+            if deleted_at is not None:
+                return db.GONE
+            count, present = await conn.fetchrow(
+                """SELECT count(*), count(*) FILTER (WHERE emoji = $3) FROM reactions
+                   WHERE message_id = $1 AND user_id = $2""",
+                message_id, change.user_id, change.emoji,
+            )
+            if present:
+                return False
+            if count >= db.MAX_REACTIONS:
+                return db.TOO_MANY
+            await conn.execute(
+                """INSERT INTO reactions (message_id, user_id, emoji) VALUES ($1, $2, $3)""",
+                message_id, change.user_id, change.emoji,
+            )
+        elif await conn.execute(
+            """DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3""",
+            message_id, change.user_id, change.emoji,
+        ) == "DELETE 0":
+            return False
+        await conn.execute(
+            f"""UPDATE messages SET seq = {_NEXT_SEQ}, reactions = (
+                    SELECT json_agg(json_build_object('emoji', emoji, 'user_ids', ids)
+                                    ORDER BY emoji)::text
+                    FROM (SELECT emoji, array_agg(user_id ORDER BY user_id) AS ids
+                          FROM reactions WHERE message_id = $1 GROUP BY emoji) AS r)
+                WHERE id = $1""",
+            message_id,
+        )
+    return None
 
 
 async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:

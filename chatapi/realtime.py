@@ -11,16 +11,15 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from . import db, teams
+from . import db, messages, teams
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
-from .validation import NUL, ApiError, is_int, is_utf8
+from .validation import ApiError, is_int, is_utf8
 from .writer import NOT_STORED
 
 log = logging.getLogger(__name__)
 
-MAX_NONCE = 64
 
 
 class FrameError(Exception):
@@ -158,9 +157,12 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
             leave(app, conn, frame)
         elif kind == "read":
             await read(app, conn, frame)
+        elif kind in CHANGES:
+            await change(app, conn, frame, CHANGES[kind])
         else:
             raise FrameError(
-                "unknown frame type: expected 'message', 'join', 'leave' or 'read'"
+                "unknown frame type: expected 'message', 'join', 'leave', 'read', "
+                "'edit', 'delete', 'react' or 'unreact'"
             )
     except FrameError as exc:
         nonce = frame.get("nonce")
@@ -180,26 +182,10 @@ def chat_id_of(frame: dict[str, Any]) -> int:
 
 async def post_message(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
     chat_id = chat_id_of(frame)
-    text = frame.get("text")
-    max_text = app[CONFIG].max_text
-    if not isinstance(text, str):
-        raise FrameError("text is required and must be a string")
-    if not text.strip():
-        raise FrameError("text must not be empty or only white space")
-    if len(text) > max_text:
-        raise FrameError(f"text must be at most {max_text} characters")
-    if not is_utf8(text):
-        raise FrameError("text must be valid Unicode (no lone surrogates)")
-    if NUL in text:
-        raise FrameError("text must not contain the character U+0000")
-    nonce = frame.get("nonce")
-    if nonce is not None and not (
-        isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
-        and NUL not in nonce
-    ):
-        raise FrameError(
-            f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
-        )
+    text, nonce = frame.get("text"), frame.get("nonce")
+    problem = messages.text_problem(text, app[CONFIG].max_text) or messages.nonce_problem(nonce)
+    if problem:
+        raise FrameError(problem)
 
     if chat_id not in conn.member_of:
         try:
@@ -213,11 +199,17 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     # (The bus follows the chat before the socket subscribes, with no await between:
     # a follow that fails leaves nothing half subscribed.)
+    try:
+        reply_to = await messages.check_reply(app, chat_id, frame.get("reply_to"))
+    except ApiError as exc:
+        raise FrameError(exc.message) from None
     was_subscribed = chat_id in conn.subscriptions
     if not was_subscribed:
         await app[BUS].follow(chat_id)
     app[HUB].subscribe(chat_id, conn)
-    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
+    draft = db.Draft(
+        chat_id, conn.user_id, conn.username, text, nonce, conn.token_version, reply_to
+    )
     stored = await app[WRITER].post(draft)
     if stored.error:
         if not was_subscribed:
@@ -232,11 +224,11 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     chat_id = chat_id_of(frame)
     since = frame.get("since")
     if since is not None and not (is_int(since) and 0 <= since <= db.MAX_ID):
-        raise FrameError("since must be a message id (an integer of 0 or more)")
+        raise FrameError("since must be a seq or message id (an integer of 0 or more)")
     # A private chat the user is not a member of answers as an unknown chat.
     newest = None
     if await teams.enter_chat(app, conn.user_id, chat_id):
-        newest = await db.newest_message_id(app[DB], chat_id)
+        newest = await db.newest_seq(app[DB], chat_id)
     if newest is None:
         raise FrameError(f"chat {chat_id} does not exist")
     conn.member_of.add(chat_id)
@@ -252,21 +244,27 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
     if since is None:
         hub.subscribe(chat_id, conn)
     else:
-        # Subscribe (buffering) before reading: every message committed after the
+        # Subscribe (buffering) before reading: every change committed after the
         # read's snapshot is published after this point, so it lands in the
         # buffer. One that is in the read as well (committed before the read,
         # published after the subscribe, possibly even after go_live) is
-        # dropped by its id: go_live sets a floor of the last id replayed.
+        # dropped by its seq: go_live sets a floor of the last seq replayed.
         hub.subscribe(chat_id, conn, catch_up=True)
         last_sent = since
+        # A message is new to the client (a `message` frame) once: a later page may
+        # hold one this replay sent already, changed meanwhile (then an `update`).
+        sent: set[int] = set()
         try:
-            async for message in db.chat_messages(app[DB], chat_id, after=since):
+            async for message in db.changes_since(app[DB], chat_id, since):
                 await conn.wait_for_room()
                 # A removal (from any process) unsubscribes the socket: stop at once.
                 if conn.dropped or chat_id not in conn.subscriptions:
                     return
-                conn.send(message_frame(message))
-                last_sent = message["id"]
+                new = message["id"] > since and message["id"] not in sent
+                if new:
+                    sent.add(message["id"])
+                conn.send(message_frame(message, "message" if new else "update"))
+                last_sent = message["seq"]
         except db.Unavailable:
             hub.unsubscribe(chat_id, conn)  # not left buffering: the client joins again
             raise
@@ -280,6 +278,47 @@ def leave(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None
     chat_id = chat_id_of(frame)
     app[HUB].unsubscribe(chat_id, conn)
     conn.send(json.dumps({"type": "left", "chat_id": chat_id}))
+
+
+CHANGES = {"edit": db.EDIT, "delete": db.DELETE, "react": db.REACT, "unreact": db.UNREACT}
+
+
+async def change(app: web.Application, conn: Connection, frame: dict[str, Any], kind: str) -> None:
+    """An edit, delete, react or unreact frame. The socket is subscribed to the chat, so
+    the `update` frame every subscriber gets is its acknowledgement; a change that
+    changes nothing is answered with the message's `update` frame to this socket only."""
+    chat_id = chat_id_of(frame)
+    message_id = frame.get("message_id")
+    if not is_int(message_id) or not 1 <= message_id <= db.MAX_ID:
+        raise FrameError("message_id must be a message id (a positive integer)")
+    text = emoji = None
+    if kind == db.EDIT:
+        text = frame.get("text")
+        problem = messages.text_problem(text, app[CONFIG].max_text)
+    elif kind in (db.REACT, db.UNREACT):
+        emoji = frame.get("emoji")
+        problem = messages.emoji_problem(emoji)
+    else:
+        problem = None
+    if problem:
+        raise FrameError(problem)
+    user = {"id": conn.user_id, "username": conn.username}
+    # Subscribed first (as a poster is) when the user may read the chat.
+    chat = await teams.visible_chat(app, chat_id, user)
+    subscribed = chat is not None and chat_id not in conn.subscriptions
+    if subscribed:
+        await app[BUS].follow(chat_id)
+        app[HUB].subscribe(chat_id, conn)
+    change = db.Change(kind, chat_id, message_id, conn.user_id, text=text, emoji=emoji,
+                       token_version=conn.token_version)
+    try:
+        stored = await messages.change_message(app, user, change)
+    except ApiError as exc:
+        if subscribed:
+            app[HUB].unsubscribe(chat_id, conn)
+        raise FrameError(exc.message) from None
+    if stored.message is not None and (not stored.is_new or chat_id not in conn.subscriptions):
+        conn.send(message_frame(stored.message, "update"))
 
 
 async def read(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:

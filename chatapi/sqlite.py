@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from .db import REVOKED, Conflict, Database, Draft, LastOwner, NotFound, Stored
+from . import db
+from .db import REVOKED, Change, Conflict, Database, Draft, LastOwner, NotFound, Stored
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 T = TypeVar("T")
 
 
@@ -165,32 +166,55 @@ class SQLiteDatabase(Database):
 
     # Messages
 
-    async def last_message_id(self, chat_id: int) -> int:
-        rows = await self.read(
-            """SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = ?""", (chat_id,)
-        )
+    async def last_seq(self, chat_id: int) -> int:
+        rows = await self.read(f"""SELECT {_LAST_SEQ}""", {"chat": chat_id})
         return rows[0][0]
 
-    async def newest_message_id(self, chat_id: int) -> int | None:
+    async def newest_seq(self, chat_id: int) -> int | None:
         rows = await self.read(
-            """SELECT (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = chats.id)
-                   FROM chats WHERE id = ?""",
-            (chat_id,),
+            f"""SELECT {_LAST_SEQ} FROM chats WHERE id = :chat""", {"chat": chat_id}
         )
         return rows[0][0] if rows else None
 
-    async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
+    async def changes_after(self, positions: dict[int, int], limit: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for chat_id, after in positions.items():
+            if len(rows) >= limit:
+                break
+            # New messages by id, changed ones by the partial index on seq.
             rows.extend(
                 dict(row)
                 for row in await self.read(
-                    f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
-                        WHERE m.chat_id = ? AND m.id > ? ORDER BY m.id""",
-                    (chat_id, after),
+                    f"""SELECT * FROM (
+                            SELECT * FROM (
+                                SELECT {_MESSAGE_COLUMNS} FROM messages m
+                                JOIN users u ON u.id = m.owner_id
+                                WHERE m.chat_id = :chat AND m.id > :after AND m.seq IS NULL
+                                ORDER BY m.id LIMIT :limit)
+                            UNION ALL
+                            SELECT * FROM (
+                                SELECT {_MESSAGE_COLUMNS} FROM messages m
+                                JOIN users u ON u.id = m.owner_id
+                                WHERE m.chat_id = :chat AND m.seq > :after
+                                ORDER BY m.seq LIMIT :limit))
+                        ORDER BY seq LIMIT :limit""",
+                    {"chat": chat_id, "after": after, "limit": limit - len(rows)},
                 )
             )
         return rows
+
+    async def message_by_id(self, chat_id: int, message_id: int) -> dict[str, Any] | None:
+        rows = await self.read(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                WHERE m.id = ? AND m.chat_id = ?""",
+            (message_id, chat_id),
+        )
+        return dict(rows[0]) if rows else None
+
+    async def apply_changes(self, changes: Sequence[Change]) -> list[Stored]:
+        async with self.transaction():
+            # One writer: seq values are taken and committed in order.
+            return await self.run_on_writer(_change_batch, changes)
 
     async def message_page(
         self, chat_id: int, as_json: bool, after: int, before: int, limit: int, newest: bool
@@ -258,10 +282,10 @@ class SQLiteDatabase(Database):
             for chat, owner, text, nonce, created_at in messages:
                 try:
                     cursor = await conn.execute(
-                    """INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
+                    f"""INSERT INTO messages (chat_id, owner_id, text, nonce, created_at)
                            VALUES (?, ?, ?, ?,
                                    COALESCE(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))
-                           RETURNING id, chat_id, owner_id, text, nonce, created_at""",
+                           RETURNING {_RETURNED}""",
                         (stored_chats[chat]["id"], stored_users[owner]["id"], text, nonce,
                          created_at),
                     )
@@ -479,17 +503,23 @@ class SQLiteDatabase(Database):
 
 _USER_COLUMNS = """id, email, username, password_hash, token_version, is_online, created_at,
     EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
-_MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
+_MESSAGE_COLUMNS = """m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at,
+    coalesce(m.seq, m.id) AS seq, m.reply_to, m.edited_at, m.deleted_at, m.reactions"""
+_RETURNED = """id, chat_id, owner_id, text, nonce, created_at, id AS seq, reply_to,
+    edited_at, deleted_at, reactions"""
+# The chat's highest seq: its newest message, or a later change.
+_LAST_SEQ = """max(coalesce((SELECT max(id) FROM messages WHERE chat_id = :chat), 0),
+                  coalesce((SELECT max(seq) FROM messages WHERE chat_id = :chat AND seq > 0), 0))"""
 
 # One message as the JSON text of the history, built by SQLite: serialising in
-# Python costs more than the query (`nonce` only when the sender gave one).
-_MESSAGE_JSON = """m.id AS id, CASE WHEN m.nonce IS NULL
-    THEN json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
-                     'username', u.username, 'text', m.text, 'created_at', m.created_at)
-    ELSE json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
-                     'username', u.username, 'text', m.text, 'nonce', m.nonce,
-                     'created_at', m.created_at)
-    END AS json"""
+# Python costs more than the query. The fields of chatapi.db.public_message:
+# json_patch onto {} drops the null ones.
+_MESSAGE_JSON = """m.id AS id, json_patch('{}', json_object(
+    'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
+    'text', m.text, 'created_at', m.created_at, 'nonce', m.nonce,
+    'seq', coalesce(m.seq, m.id), 'reply_to', m.reply_to, 'edited_at', m.edited_at,
+    'deleted', CASE WHEN m.deleted_at IS NOT NULL THEN json('true') END,
+    'deleted_at', m.deleted_at, 'reactions', json(m.reactions))) AS json"""
 
 
 def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Stored]:
@@ -499,13 +529,14 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
             # Checked in the statement that inserts, inside the batch's transaction:
             # a revocation committed before it (logout answered) stops the draft.
             rows = conn.execute(
-                """INSERT INTO messages (chat_id, owner_id, text, nonce)
-                   SELECT ?1, ?2, ?3, ?4
-                   WHERE ?5 IS NULL OR EXISTS (
-                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
-                   ON CONFLICT DO NOTHING
-                   RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
+                f"""INSERT INTO messages (chat_id, owner_id, text, nonce, reply_to)
+                    SELECT ?1, ?2, ?3, ?4, ?6
+                    WHERE ?5 IS NULL OR EXISTS (
+                        SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
+                    ON CONFLICT DO NOTHING
+                    RETURNING {_RETURNED}""",
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
+                 draft.reply_to),
             ).fetchall()
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
@@ -538,10 +569,109 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
     return results
 
 
-def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+
+def _change_batch(conn: sqlite3.Connection, changes: Sequence[Change]) -> list[Stored]:
+    results = []
+    for change in changes:
+        rows = conn.execute(
+            """SELECT owner_id, text, deleted_at FROM messages WHERE id = ? AND chat_id = ?""",
+            (change.message_id, change.chat_id),
+        ).fetchall()
+        if not rows:
+            results.append(Stored(None, error=db.NO_MESSAGE))
+            continue
+        if change.token_version is not None and not _still_valid(conn, change):
+            results.append(Stored(None, error=REVOKED))
+            continue
+        error = _change_one(conn, change, rows[0])
+        (row,) = conn.execute(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
+                WHERE m.id = ?""",
+            (change.message_id,),
+        ).fetchall()
+        if error in (None, False):
+            results.append(Stored(dict(row), is_new=error is None))
+        else:
+            results.append(Stored(None, error=error))
+    return results
+
+
+def _change_one(conn: sqlite3.Connection, change: Change, row: sqlite3.Row) -> str | bool | None:
+    """Apply one change: None when it changed the message, False when there was nothing
+    to change, or why it is refused."""
+    mine = row["owner_id"] == change.user_id
+    deleted = row["deleted_at"] is not None
+    message_id = change.message_id
+    if change.kind == db.EDIT:
+        if deleted:
+            return db.GONE
+        if not mine:
+            return db.FORBIDDEN
+        conn.execute(
+            f"""UPDATE messages SET text = ?, edited_at = {_NOW}, seq = ? WHERE id = ?""",
+            (change.text, _next_seq(conn), message_id),
+        )
+    elif change.kind == db.DELETE:
+        if not (mine or change.moderator):
+            return db.FORBIDDEN
+        if deleted:
+            return False
+        conn.execute("""DELETE FROM reactions WHERE message_id = ?""", (message_id,))
+        conn.execute(
+            f"""UPDATE messages SET text = '', reactions = NULL, deleted_at = {_NOW}, seq = ?
+                WHERE id = ?""",
+            (_next_seq(conn), message_id),
+        )
+    else:
+        if change.kind == db.REACT:
+            if deleted:
+                return db.GONE
+            (count, present), = conn.execute(
+                """SELECT count(*), coalesce(sum(emoji = ?), 0) FROM reactions
+                   WHERE message_id = ? AND user_id = ?""",
+                (change.emoji, message_id, change.user_id),
+            ).fetchall()
+            if present:
+                return False
+            if count >= db.MAX_REACTIONS:
+                return db.TOO_MANY
+            conn.execute(
+                """INSERT INTO reactions (message_id, user_id, emoji) VALUES (?, ?, ?)""",
+                (message_id, change.user_id, change.emoji),
+            )
+        elif not conn.execute(
+            """DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND emoji = ?""",
+            (message_id, change.user_id, change.emoji),
+        ).rowcount:
+            return False
+        conn.execute(
+            """UPDATE messages SET seq = ?2, reactions = (
+                   SELECT nullif(json_group_array(json_object('emoji', emoji, 'user_ids', json(ids))), '[]')
+                   FROM (SELECT emoji, json_group_array(user_id) AS ids FROM (
+                             SELECT emoji, user_id FROM reactions WHERE message_id = ?1
+                             ORDER BY emoji, user_id)
+                         GROUP BY emoji ORDER BY emoji))
+               WHERE id = ?1""",
+            (message_id, _next_seq(conn)),
+        )
+    return None
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    """The next value of the message id allocation (AUTOINCREMENT's counter): the next
+    message inserted takes the one after it."""
+    ((seq,),) = conn.execute(
+        """UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'messages' RETURNING seq"""
+    ).fetchall()
+    return seq
+
+
+def _still_valid(conn: sqlite3.Connection, draft: Draft | Change) -> bool:
     rows = conn.execute(
         """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
-        (draft.owner_id, draft.token_version),
+        (draft.owner_id if isinstance(draft, Draft) else draft.user_id, draft.token_version),
     ).fetchall()
     return bool(rows)
 
@@ -599,6 +729,15 @@ async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
             """ALTER TABLE chats ADD COLUMN kind TEXT NOT NULL DEFAULT 'public'
                    CHECK (kind IN ('public', 'private', 'direct'))"""
         )
+    columns = {row[1] for row in await conn.execute_fetchall("""PRAGMA table_info(messages)""")}
+    for column in ("seq INTEGER", "edited_at TEXT", "deleted_at TEXT", "reply_to INTEGER",
+                   "reactions TEXT"):
+        if column.split()[0] not in columns:
+            await conn.execute(f"""ALTER TABLE messages ADD COLUMN {column}""")
+    await conn.execute(
+        """CREATE INDEX IF NOT EXISTS messages_changed ON messages (chat_id, seq)
+           WHERE seq IS NOT NULL"""
+    )
     if version == 1:
         # The creators of existing chats become their owners.
         await conn.execute(

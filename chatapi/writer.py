@@ -17,8 +17,8 @@ NOT_STORED = "message not stored: the database failed; send it again"
 
 
 class MessageWriter:
-    """Stores messages in batches (one transaction, one fsync each) and publishes
-    each batch after its commit, in id order.
+    """Stores messages and their changes in batches (one transaction, one fsync each)
+    and publishes each batch after its commit, in id (and seq) order.
 
     Within one process, being the only task that inserts messages is what makes
     "every subscriber sees a chat's messages in increasing id order" hold: ids
@@ -37,10 +37,12 @@ class MessageWriter:
         self._bus = bus
         self._max_batch = max_batch
         self._metrics = metrics
-        self._pending: asyncio.Queue[tuple[db.Draft, asyncio.Future[db.Stored]]] = asyncio.Queue()
+        self._pending: asyncio.Queue[
+            tuple[db.Draft | db.Change, asyncio.Future[db.Stored]]
+        ] = asyncio.Queue()
 
-    async def post(self, draft: db.Draft) -> db.Stored:
-        """Store a message; returns once it is committed and published."""
+    async def post(self, draft: db.Draft | db.Change) -> db.Stored:
+        """Store a message (or a change of one); returns once it is committed and published."""
         future = asyncio.get_running_loop().create_future()
         self._pending.put_nowait((draft, future))
         return await future
@@ -48,10 +50,16 @@ class MessageWriter:
     async def run(self) -> None:
         while True:
             batch = [await self._pending.get()]
-            while not self._pending.empty() and len(batch) < self._max_batch:
+            # One kind per batch: messages, or changes (their order kept).
+            kind = type(batch[0][0])
+            while (
+                not self._pending.empty() and len(batch) < self._max_batch
+                and type(self._pending._queue[0][0]) is kind  # type: ignore[attr-defined]
+            ):
                 batch.append(self._pending.get_nowait())
+            store = db.insert_messages if kind is db.Draft else db.apply_changes
             try:
-                results = await db.insert_messages(self._db, [draft for draft, _ in batch])
+                results = await store(self._db, [item for item, _ in batch])  # type: ignore[arg-type]
             except Exception:
                 log.exception("storing %d messages failed", len(batch))
                 failed = db.Stored(None, error=NOT_STORED)
@@ -64,5 +72,5 @@ class MessageWriter:
             for (_, future), stored in zip(batch, results):
                 if not future.done():
                     future.set_result(stored)
-            if new and self._metrics is not None:
+            if new and kind is db.Draft and self._metrics is not None:
                 self._metrics.messages_stored.inc(len(new))

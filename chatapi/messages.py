@@ -1,0 +1,205 @@
+"""Messages over HTTP, and the changes of a message (edit, delete, reactions) over HTTP
+and the websocket alike.
+
+Every change goes through the writer, like a new message: stored in a batch, given a
+new `seq`, and published as an `update` frame after its commit (on every process).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from aiohttp import web
+
+from . import db, teams
+from .auth import USER
+from .keys import CONFIG, DB, WRITER
+from .validation import NUL, ApiError, is_int, is_utf8, json_object
+
+MAX_NONCE = 64
+MAX_EMOJI = 32
+REFUSED = {
+    db.NO_MESSAGE: (404, "message {message_id} does not exist in chat {chat_id}"),
+    db.GONE: (409, "message {message_id} is deleted"),
+    db.TOO_MANY: (409, f"at most {db.MAX_REACTIONS} reactions per user on one message"),
+    db.REVOKED: (401, db.REVOKED),
+}
+FORBIDDEN = {
+    db.EDIT: "only its author edits a message",
+    db.DELETE: "only its author, the chat's owners and admins delete a message",
+}
+
+
+def text_problem(text: Any, max_text: int) -> str | None:
+    """Why `text` cannot be a message's text, or None."""
+    if not isinstance(text, str):
+        return "text is required and must be a string"
+    if not text.strip():
+        return "text must not be empty or only white space"
+    if len(text) > max_text:
+        return f"text must be at most {max_text} characters"
+    if not is_utf8(text):
+        return "text must be valid Unicode (no lone surrogates)"
+    if NUL in text:
+        return "text must not contain the character U+0000"
+    return None
+
+
+def nonce_problem(nonce: Any) -> str | None:
+    if nonce is None or (
+        isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
+        and NUL not in nonce
+    ):
+        return None
+    return f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
+
+
+def emoji_problem(emoji: Any) -> str | None:
+    """Why `emoji` cannot be a reaction: one is 1 to 32 characters of valid Unicode
+    without white space or control characters (an emoji, a ZWJ sequence, or a short
+    name such as `+1`)."""
+    if not isinstance(emoji, str) or not 1 <= len(emoji) <= MAX_EMOJI or not is_utf8(emoji):
+        return f"emoji must be a string of 1 to {MAX_EMOJI} characters"
+    if any(ch.isspace() or ch == "/" or unicodedata.category(ch) == "Cc" for ch in emoji):
+        return "emoji must not contain white space, '/' or control characters"
+    return None
+
+
+async def check_reply(app: web.Application, chat_id: int, reply_to: Any) -> int | None:
+    """`reply_to` of a new message: None, or the id of a message of the same chat."""
+    if reply_to is None:
+        return None
+    if not is_int(reply_to) or not 1 <= reply_to <= db.MAX_ID:
+        raise ApiError(400, "reply_to must be a message id (a positive integer)")
+    if await db.message_by_id(app[DB], chat_id, reply_to) is None:
+        raise ApiError(400, f"reply_to: message {reply_to} does not exist in chat {chat_id}")
+    return reply_to
+
+
+async def change_message(
+    app: web.Application, user: dict[str, Any], change: db.Change
+) -> db.Stored:
+    """Store a change of a message the user may make: the message after it (is_new when
+    it changed); ApiError when it is refused (404 for an unknown chat or message)."""
+    chat = await teams.visible_chat(app, change.chat_id, user, admin_sees=change.kind == db.DELETE)
+    if chat is None:
+        raise teams.unknown_chat(change.chat_id)
+    if change.kind in (db.REACT, db.UNREACT) and not await teams.enter_chat(
+        app, user["id"], change.chat_id
+    ):
+        raise teams.unknown_chat(change.chat_id)
+    if change.kind == db.DELETE:
+        if "is_admin" not in user:
+            user = await db.user_by_id(app[DB], user["id"]) or user
+        change.moderator = chat["role"] == "owner" or bool(user.get("is_admin"))
+    stored = await app[WRITER].post(change)
+    if stored.error == db.FORBIDDEN:
+        raise ApiError(403, FORBIDDEN[change.kind])
+    if stored.error in REFUSED:
+        status, text = REFUSED[stored.error]
+        raise ApiError(status, text.format(message_id=change.message_id, chat_id=change.chat_id))
+    if stored.error:
+        raise ApiError(503, stored.error, headers={"Retry-After": "1"})
+    return stored
+
+
+# HTTP routes
+
+
+def _ids_in_path(request: web.Request) -> tuple[int, int]:
+    chat_id = teams.chat_id_in_path(request)
+    raw = request.match_info["message_id"]
+    if not re.fullmatch(r"[0-9]{1,19}", raw):
+        raise ApiError(404, f"message {raw} does not exist in chat {chat_id}")
+    return chat_id, int(raw)
+
+
+def _answer(stored: db.Stored, status: int = 200) -> web.Response:
+    assert stored.message is not None
+    return web.json_response(db.public_message(stored.message), status=status)
+
+
+async def post_message(request: web.Request) -> web.Response:
+    """POST /chats/{chat_id}/messages {text, nonce?, reply_to?}: 201 with the stored
+    message, 200 with the original when the nonce was used before."""
+    app, user = request.app, request[USER]
+    chat_id = teams.chat_id_in_path(request)
+    body = await json_object(request)
+    for field, problem in (
+        ("text", text_problem(body.get("text"), app[CONFIG].max_text)),
+        ("nonce", nonce_problem(body.get("nonce"))),
+    ):
+        if problem:
+            raise ApiError(400, problem, {field: problem})
+    if not await teams.enter_chat(app, user["id"], chat_id):
+        raise teams.unknown_chat(chat_id)
+    reply_to = await check_reply(app, chat_id, body.get("reply_to"))
+    draft = db.Draft(
+        chat_id, user["id"], user["username"], body["text"], body.get("nonce"),
+        user["token_version"], reply_to,
+    )
+    stored = await app[WRITER].post(draft)
+    if stored.error == db.REVOKED:
+        raise ApiError(401, stored.error)
+    if stored.error:
+        raise ApiError(503, stored.error, headers={"Retry-After": "1"})
+    return _answer(stored, 201 if stored.is_new else 200)
+
+
+async def get_message(request: web.Request) -> web.Response:
+    """GET /chats/{chat_id}/messages/{message_id}."""
+    chat_id, message_id = _ids_in_path(request)
+    if await teams.visible_chat(request.app, chat_id, request[USER]) is None:
+        raise teams.unknown_chat(chat_id)
+    message = await db.message_by_id(request.app[DB], chat_id, message_id)
+    if message is None:
+        raise ApiError(404, f"message {message_id} does not exist in chat {chat_id}")
+    return web.json_response(db.public_message(message))
+
+
+async def edit_message(request: web.Request) -> web.Response:
+    """PATCH /chats/{chat_id}/messages/{message_id} {text}: the author edits."""
+    chat_id, message_id = _ids_in_path(request)
+    body = await json_object(request)
+    problem = text_problem(body.get("text"), request.app[CONFIG].max_text)
+    if problem:
+        raise ApiError(400, problem, {"text": problem})
+    user = request[USER]
+    change = db.Change(db.EDIT, chat_id, message_id, user["id"], text=body["text"],
+                       token_version=user["token_version"])
+    return _answer(await change_message(request.app, user, change))
+
+
+async def delete_message(request: web.Request) -> web.Response:
+    """DELETE /chats/{chat_id}/messages/{message_id}: the tombstone."""
+    chat_id, message_id = _ids_in_path(request)
+    user = request[USER]
+    change = db.Change(db.DELETE, chat_id, message_id, user["id"],
+                       token_version=user["token_version"])
+    return _answer(await change_message(request.app, user, change))
+
+
+async def react(request: web.Request) -> web.Response:
+    """PUT (add) and DELETE (remove) /chats/{chat_id}/messages/{message_id}/reactions/{emoji}."""
+    chat_id, message_id = _ids_in_path(request)
+    emoji = request.match_info["emoji"]
+    problem = emoji_problem(emoji)
+    if problem:
+        raise ApiError(400, problem, {"emoji": problem})
+    user = request[USER]
+    kind = db.REACT if request.method == "PUT" else db.UNREACT
+    change = db.Change(kind, chat_id, message_id, user["id"], emoji=emoji,
+                       token_version=user["token_version"])
+    return _answer(await change_message(request.app, user, change))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/chats/{chat_id}/messages", post_message)
+    one = "/chats/{chat_id}/messages/{message_id}"
+    app.router.add_get(one, get_message, allow_head=False)
+    app.router.add_patch(one, edit_message)
+    app.router.add_delete(one, delete_message)
+    app.router.add_put(one + "/reactions/{emoji}", react)
+    app.router.add_delete(one + "/reactions/{emoji}", react)
