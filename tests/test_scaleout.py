@@ -604,3 +604,101 @@ http {{
     assert len(ids) == 50
     for reader in readers:
         assert reader.ids == ids  # each saw the whole conversation, in order
+
+
+# (h) messages that change (issue 13): edits, deletes and reactions from writers on three
+# processes reach live subscribers and an offline client, each change once, by seq
+
+
+class SeqReader:
+    """A client that keeps the highest seq it saw and the messages by id (upserted)."""
+
+    def __init__(self, token: str, chat: int) -> None:
+        self.token, self.chat = token, chat
+        self.cursor = 0
+        self.state: dict[int, dict[str, Any]] = {}
+        self.problems: list[str] = []
+        self.frames = 0
+
+    def take(self, frame: dict[str, Any]) -> None:
+        if frame.get("chat_id") != self.chat or frame["type"] not in ("message", "update"):
+            return
+        self.frames += 1
+        if frame["seq"] <= self.cursor:
+            self.problems.append(f"seq {frame['seq']} after {self.cursor} (id {frame['id']})")
+        known = frame["id"] in self.state
+        if (frame["type"] == "message") == known:
+            self.problems.append(f"{frame['type']} frame of id {frame['id']}, known: {known}")
+        self.cursor = max(self.cursor, frame["seq"])
+        self.state[frame["id"]] = {k: v for k, v in frame.items() if k != "type"}
+
+    async def session(self, http: aiohttp.ClientSession, ws_url: str, until_idle: float) -> None:
+        """Join with the cursor, take frames until none came for `until_idle` seconds."""
+        async with http.ws_connect(ws_url, params={"token": self.token}, timeout=WS_TIMEOUT) as ws:
+            await ws.send_json({"type": "join", "chat_id": self.chat, "since": self.cursor})
+            while True:
+                try:
+                    msg = await ws.receive(timeout=until_idle)
+                except TimeoutError:
+                    return
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    self.problems.append(f"socket ended: {msg}")
+                    return
+                self.take(json.loads(msg.data))
+
+
+async def test_changes_from_three_processes_reach_every_client_once_in_seq_order(cluster):
+    servers = await cluster(3)
+    async with session() as http:
+        users = [await register(http, servers[n].url, f"user{n}") for n in range(3)]
+        reader_user = await register(http, servers[0].url, "reader")
+        chat = await create_chat(http, servers[0].url, users[0]["token"], "changes")
+        base = f"/chats/{chat}/messages"
+        firsts = [
+            await api(http, "POST", servers[n % 3].url + base, token=users[n % 3]["token"],
+                      body={"text": f"first {n}"}, status=201)
+            for n in range(12)
+        ]
+        offline = SeqReader(reader_user["token"], chat)
+        await offline.session(http, servers[1].ws_url, 1.0)
+        assert len(offline.state) == 12 and offline.problems == []
+        live = [SeqReader(users[n]["token"], chat) for n in range(3)]
+        listening = [asyncio.ensure_future(r.session(http, servers[n].ws_url, 5.0))
+                     for n, r in enumerate(live)]
+        hopper = SeqReader(reader_user["token"], chat)
+
+        async def hop() -> None:
+            for n in range(12):
+                await hopper.session(http, servers[n % 3].ws_url, 0.15)
+
+        async def write(n: int) -> None:
+            url, token = servers[n].url, users[n]["token"]
+            own = [m["id"] for m in firsts if m["owner_id"] == users[n]["id"]]
+            for round_ in range(6):
+                if round_ < 4:
+                    await api(http, "PATCH", f"{url}{base}/{own[round_]}", token=token,
+                              body={"text": f"edit {n}.{round_}"})
+                else:  # the first two, edited before
+                    await api(http, "DELETE", f"{url}{base}/{own[round_ - 4]}", token=token)
+                other = firsts[6 + (n + round_) % 6]["id"]  # never deleted
+                await api(http, "PUT", f"{url}{base}/{other}/reactions/r{n}", token=token)
+                new = await api(http, "POST", url + base, token=token,
+                                body={"text": f"new {n}.{round_}"}, status=201)
+                await api(http, "PATCH", f"{url}{base}/{new['id']}", token=token,
+                          body={"text": f"new {n}.{round_}, edited"})
+
+        await asyncio.gather(hop(), *(write(n) for n in range(3)))
+        stored = {m["id"]: m for m in await history(http, servers[2].url, users[2]["token"], chat)}
+        await asyncio.gather(*listening)
+        await hopper.session(http, servers[2].ws_url, 1.0)
+        before = offline.frames
+        await offline.session(http, servers[2].ws_url, 1.0)
+    assert offline.problems == [] and hopper.problems == []
+    assert offline.state == stored and hopper.state == stored
+    # The offline client: exactly one frame per message changed or posted while away.
+    cursor = max(m["seq"] for m in firsts)
+    assert offline.frames - before == len([m for m in stored.values() if m["seq"] > cursor])
+    assert len(stored) == 12 + 18 and sum(bool(m.get("deleted")) for m in stored.values()) == 6
+    assert all(m["text"].endswith("edited") for m in stored.values() if m["id"] > cursor)
+    for reader in live:
+        assert reader.problems == [] and reader.state == stored
