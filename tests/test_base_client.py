@@ -95,6 +95,48 @@ def test_base_client_end_to_end(server):
     assert status == 404 and "error" in error
 
 
+def test_base_client_keeps_working_while_others_edit_and_delete_around_it(server):
+    _, alice = call(server, "POST", "/auth/reg",
+                    {"email": "alice@example.com", "username": "alice", "password": "secret123"})
+    _, bob = call(server, "POST", "/auth/reg",
+                  {"email": "bob@example.com", "username": "bob", "password": "secret456"})
+    _, chat = call(server, "POST", "/chats/create", {"name": "busy"}, token=bob["token"])
+    ws_url = server.replace("http", "ws", 1) + "/chats/ws?token="
+    with ws_connect(ws_url + alice["token"]) as ws:
+        def message(text: str) -> dict:
+            """The next `message` frame: the base client skips every other frame type."""
+            while True:
+                frame = json.loads(ws.recv(timeout=5))
+                if frame.get("type") == "message":
+                    assert frame["text"] == text
+                    return frame
+
+        ids = []
+        for text in ("one", "two"):
+            ws.send(json.dumps({"text": text, "chat_id": chat["id"]}))
+            ids.append(message(text)["id"])
+        # Bob (the chat's owner) uses the superset: posts over HTTP, edits, reacts, deletes.
+        base = f"/chats/{chat['id']}/messages"
+        status, three = call(server, "POST", base, {"text": "three"}, token=bob["token"])
+        assert status == 201
+        ids.append(message("three")["id"])
+        for method, path, body in (
+            ("PATCH", f"{base}/{three['id']}", {"text": "three, edited"}),
+            ("PUT", f"{base}/{ids[0]}/reactions/%F0%9F%91%8D", None),
+            ("DELETE", f"{base}/{ids[1]}", None),
+        ):
+            assert call(server, method, path, body, token=bob["token"])[0] == 200
+        ws.send(json.dumps({"text": "four", "chat_id": chat["id"]}))
+        ids.append(message("four")["id"])
+    assert ids == sorted(ids)
+
+    status, history = call(server, "GET", f"/chats/messages?id={chat['id']}", token=alice["token"])
+    assert status == 200 and [m["id"] for m in history] == ids
+    assert all({"id", "text", "owner_id", "chat_id", "created_at", "username"} <= set(m)
+               for m in history)
+    assert [m["text"] for m in history] == ["one", "", "three, edited", "four"]
+
+
 def test_bad_setting_stops_the_start_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "chatapi", "--port", "0"],
