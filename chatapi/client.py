@@ -8,8 +8,9 @@
                 ...
 
 The session survives dropped connections and server restarts: it reconnects, joins
-its chats again with `since=<last id seen>` and drops what it has already delivered,
-so every message of a followed chat is seen exactly once.
+its chats again with `since=<highest seq seen>` and drops what it has already delivered,
+so every message of a followed chat, and every change of one (an `update` frame), is
+seen exactly once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import uuid
 from collections import Counter
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import aiohttp
 
@@ -73,6 +75,10 @@ def error_of_answer(status: int, text: str | bytes, reason: str | None) -> ChatA
 
 async def _error_of(resp: aiohttp.ClientResponse) -> ChatAPIError:
     return error_of_answer(resp.status, await resp.read(), resp.reason)
+
+
+def _reaction_path(chat_id: int, message_id: int, emoji: str) -> str:
+    return f"/chats/{chat_id}/messages/{message_id}/reactions/{quote(emoji, safe='')}"
 
 
 class ChatClient:
@@ -202,6 +208,37 @@ class ChatClient:
                 params[name] = value
         return await self._request("GET", "/chats/messages", params=params)
 
+    async def post(
+        self, chat_id: int, text: str, nonce: str | None = None, reply_to: int | None = None
+    ) -> dict[str, Any]:
+        """Post a message over HTTP; returns it as stored (the original when `nonce` was
+        used before)."""
+        body: dict[str, Any] = {"text": text}
+        body.update((k, v) for k, v in (("nonce", nonce), ("reply_to", reply_to)) if v is not None)
+        return await self._request("POST", f"/chats/{chat_id}/messages", body=body)
+
+    async def message(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        """One message of a chat (a tombstone once deleted)."""
+        return await self._request("GET", f"/chats/{chat_id}/messages/{message_id}")
+
+    async def edit(self, chat_id: int, message_id: int, text: str) -> dict[str, Any]:
+        """Replace the text of one's own message; returns the message."""
+        return await self._request(
+            "PATCH", f"/chats/{chat_id}/messages/{message_id}", body={"text": text}
+        )
+
+    async def delete(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        """Delete a message (one's own, or any as the chat's owner or an admin): the tombstone."""
+        return await self._request("DELETE", f"/chats/{chat_id}/messages/{message_id}")
+
+    async def react(self, chat_id: int, message_id: int, emoji: str) -> dict[str, Any]:
+        """Add one's reaction `emoji` to a message; returns the message."""
+        return await self._request("PUT", _reaction_path(chat_id, message_id, emoji))
+
+    async def unreact(self, chat_id: int, message_id: int, emoji: str) -> dict[str, Any]:
+        """Remove one's reaction `emoji` from a message; returns the message."""
+        return await self._request("DELETE", _reaction_path(chat_id, message_id, emoji))
+
     def connect(
         self,
         *,
@@ -276,7 +313,7 @@ class ChatSession:
         # Bounded: a consumer that stops reading stops the reader, and a server
         # that drops us for it is resumed from the last id like any other drop.
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(max_queue)
-        self._last_ids: dict[int, int] = {}  # chat id -> highest message id delivered
+        self._last_ids: dict[int, int] = {}  # chat id -> highest seq delivered
         # nonce -> (chat id, future) of each send waiting for its acknowledgement
         self._acks: dict[str, list[tuple[int, asyncio.Future[dict[str, Any]]]]] = {}
         self._link: _Link | None = None
@@ -307,7 +344,8 @@ class ChatSession:
 
     @property
     def last_ids(self) -> dict[int, int]:
-        """The followed chats and the highest message id delivered for each."""
+        """The followed chats and the highest seq delivered for each (a message's id, or
+        the seq of a later change: both come from one sequence)."""
         return dict(self._last_ids)
 
     async def open(self) -> None:
@@ -362,7 +400,9 @@ class ChatSession:
             raise StopAsyncIteration
         return item
 
-    async def send(self, chat_id: int, text: str, nonce: str | None = None) -> dict[str, Any]:
+    async def send(
+        self, chat_id: int, text: str, nonce: str | None = None, reply_to: int | None = None
+    ) -> dict[str, Any]:
         """Post a message and return it as stored: the server's acknowledgement, matched by
         nonce (a UUID is generated when none is given).
 
@@ -379,6 +419,8 @@ class ChatSession:
             await self._follow(chat_id, None, deadline, automatic=True)
         nonce = uuid.uuid4().hex if nonce is None else nonce
         frame: dict[str, Any] = {"chat_id": chat_id, "text": text, "nonce": nonce}
+        if reply_to is not None:
+            frame["reply_to"] = reply_to
         ack: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         waiting = self._acks.setdefault(nonce, [])
         waiting.append((chat_id, ack))
@@ -606,10 +648,11 @@ class ChatSession:
         kind, chat_id = frame.get("type"), frame.get("chat_id")
         if isinstance(frame.get("nonce"), str) and frame["nonce"] in self._acks:
             self._acknowledge(frame)
-        if kind == "message" and chat_id in self._last_ids and isinstance(frame.get("id"), int):
-            if frame["id"] <= self._last_ids[chat_id]:
+        seq = frame.get("seq", frame.get("id"))
+        if kind in ("message", "update") and chat_id in self._last_ids and isinstance(seq, int):
+            if seq <= self._last_ids[chat_id]:
                 return  # delivered already (a replay after a reconnect, or a nonce echo)
-            self._last_ids[chat_id] = frame["id"]
+            self._last_ids[chat_id] = seq
         elif kind == "joined" and frame.get("cursor_reset") and chat_id in self._last_ids:
             # Our cursor was beyond the chat's newest message: resume from the server's.
             self._last_ids[chat_id] = frame["last_id"]

@@ -559,3 +559,46 @@ async def test_send_gives_up_after_send_timeout_when_the_server_is_gone(
             await session.send(chat + 1, "not even followed yet", nonce="n3")
         with pytest.raises(ChatConnectionError, match="not connected"):
             await session.join(chat + 1)
+
+
+async def test_follows_changes_by_seq_across_drops_each_once(client, accounts):
+    url = url_of(client)
+    alice, bob = await accounts(url, "alice"), await accounts(url, "bob")
+    bob_id = (await bob.me())["id"]
+    chat = (await alice.create_chat("general"))["id"]
+    firsts = [await alice.post(chat, f"m{n}") for n in range(12)]
+    hub = client.app[HUB]
+    async with bob.connect(backoff=0.02, max_backoff=0.3) as consumer:
+        await consumer.join(chat, since=0)
+
+        async def change_all() -> None:
+            for n, message in enumerate(firsts):
+                await alice.edit(chat, message["id"], f"m{n}, edited")
+                await bob.react(chat, message["id"], "👍")
+                if n % 3 == 0:
+                    await bob.unreact(chat, message["id"], "👍")
+                    await alice.delete(chat, message["id"])
+            reply = await alice.post(chat, "end", reply_to=firsts[1]["id"])
+            assert reply["reply_to"] == firsts[1]["id"]
+
+        async def drop_consumer() -> None:
+            old: set[Connection] = set()
+            for _ in range(3):
+                (await new_socket(hub, bob_id, old)).transport.abort()
+                await asyncio.sleep(0.05)
+
+        frames, _, _ = await asyncio.gather(
+            collect_until(consumer, chat, "end"), change_all(), drop_consumer()
+        )
+        assert consumer.reconnects >= 1
+    seqs = [f["seq"] for f in frames if f["type"] in ("message", "update")]
+    assert seqs == sorted(set(seqs))
+    state: dict[int, dict[str, Any]] = {}
+    for frame in frames:
+        if frame["type"] in ("message", "update"):
+            assert (frame["type"] == "update") == (frame["id"] in state)
+            state[frame["id"]] = {k: v for k, v in frame.items() if k != "type"}
+    history = await bob.messages(chat)
+    assert state == {m["id"]: m for m in history}
+    assert await bob.message(chat, firsts[0]["id"]) == state[firsts[0]["id"]]
+    assert state[firsts[0]["id"]]["deleted"] and state[firsts[1]["id"]]["reactions"]
