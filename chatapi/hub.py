@@ -32,7 +32,9 @@ MESSAGE_FIELDS = ("id", "chat_id", "owner_id", "username", "text", "created_at")
 def message_frame(message: dict[str, Any], kind: str = "message") -> str:
     """A `message` frame (a message new to the client) or an `update` frame (a change of
     one it has), with the whole current message."""
-    return json.dumps({"type": kind, **public_message(message)}, ensure_ascii=False)
+    frame: dict[str, Any] = {"type": "update"} if kind == "update" else {"type": "message"}
+    frame.update(public_message(message))
+    return json.dumps(frame, ensure_ascii=False)
 
 
 def error_frame(error: str, **extra: Any) -> str:

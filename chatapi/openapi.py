@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, openapi_teams
+from . import __version__, openapi_messages, openapi_teams
 from .auth import public
 from .config import Config
 from .keys import CONFIG
@@ -196,8 +196,9 @@ def schemas(config: Config) -> dict[str, Schema]:
                     "type": "string",
                     "description": "present when the sender gave one",
                 },
+                **openapi_messages.MESSAGE_PROPERTIES,
             },
-            "required": ["id", "chat_id", "owner_id", "username", "text", "created_at"],
+            "required": ["id", "chat_id", "owner_id", "username", "text", "created_at", "seq"],
             "additionalProperties": False,
         },
         "Health": {
@@ -560,7 +561,7 @@ def paths(config: Config) -> dict[str, Schema]:
     }
     if not config.metrics:
         del document["/metrics"]
-    return {**document, **openapi_teams.paths(config)}
+    return {**document, **openapi_teams.paths(config), **openapi_messages.paths(config)}
 
 
 def document(config: Config) -> dict[str, Any]:
@@ -582,6 +583,7 @@ def document(config: Config) -> dict[str, Any]:
             {"name": "chats", "description": "Chats and their history"},
             {"name": "realtime", "description": "The websocket"},
             {"name": "teams", "description": "Members, roles, read markers and invite codes"},
+            {"name": "messages", "description": "Posting over HTTP; edits, deletes, reactions"},
             {"name": "service", "description": "Health, metrics and this document"},
         ],
         "security": [{"bearerAuth": []}],
@@ -596,7 +598,10 @@ def document(config: Config) -> dict[str, Any]:
                     "description": "The websocket only: the token as a query parameter.",
                 },
             },
-            "schemas": {**schemas(config), **openapi_teams.schemas(config)},
+            "schemas": {
+                **schemas(config), **openapi_teams.schemas(config),
+                **openapi_messages.schemas(config),
+            },
             "responses": error_responses(config),
         },
     }

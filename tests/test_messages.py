@@ -3,13 +3,24 @@ one cursor (`seq`) that replays every change exactly once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from urllib.parse import quote
 
 import pytest
-from conftest import assert_error, connect, create_chat, next_frame, no_frame
+from conftest import (
+    assert_error,
+    connect,
+    create_chat,
+    next_frame,
+    no_frame,
+    readme_block,
+    readme_blocks,
+)
 
 from chatapi import db
 from chatapi.keys import DB
+from chatapi.testing import ChatServer
 
 
 async def post(client, user, chat: int, text: str, **extra) -> dict:
@@ -263,3 +274,16 @@ async def test_posting_over_http_validates_like_the_websocket(client, register, 
     assert list((await assert_error(resp, 400))["details"]) == [field]
     resp = await client.post("/chats/999999/messages", json={"text": "x"}, headers=alice.headers)
     await assert_error(resp, 404)
+
+
+def test_the_readme_example_prints_what_the_readme_says(tmp_path):
+    example, printed = readme_blocks("Messages that change", "python")[0], readme_block(
+        "Messages that change", "text"
+    )
+    with ChatServer(bcrypt_rounds=4) as server:
+        script = tmp_path / "example.py"
+        script.write_text(example.replace("http://127.0.0.1:8080", server.url))
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == printed
