@@ -156,10 +156,16 @@ def test_each_admin_command_names_its_database_and_export_stdout_is_only_json(tm
         with connect(f"{server.ws_url}?token={token}") as ws:
             ws.send(json.dumps({"chat_id": chat, "text": "kept"}))
             assert json.loads(ws.recv(timeout=10))["text"] == "kept"
+            ws.send(json.dumps({"chat_id": chat, "text": "taken back"}))
+            taken = json.loads(ws.recv(timeout=10))
+            ws.send(json.dumps({"type": "delete", "chat_id": chat, "message_id": taken["id"]}))
+            assert json.loads(ws.recv(timeout=10))["deleted"] is True
         exported = chatapi("export", "--chat", str(chat), cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert exported.stderr == used
-    assert [json.loads(line)["text"] for line in exported.stdout.splitlines()] == ["kept"]
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    # The tombstone keeps its place.
+    assert [(m["text"], m.get("deleted", False)) for m in lines] == [("kept", False), ("", True)]
 
 
 def test_a_failing_admin_command_still_names_its_database(tmp_path):
