@@ -28,7 +28,13 @@ CREATE TABLE IF NOT EXISTS messages (
     owner_id   INTEGER NOT NULL REFERENCES users (id),
     text       TEXT    NOT NULL,
     nonce      TEXT,                                 -- client-chosen, makes a send idempotent
-    created_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- version 4 (added to an older database by chatapi/sqlite.py, see below)
+    seq        INTEGER,                              -- null until the first change
+    edited_at  TEXT,
+    deleted_at TEXT,                                 -- a tombstone: text '' and no reactions
+    reply_to   INTEGER,                              -- a message of the same chat
+    reactions  TEXT                                  -- JSON cache of the reactions table
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, id);
@@ -83,8 +89,8 @@ PRAGMA user_version = 2;
 -- Messages that change (schema version 4): `seq` is null until a message first
 -- changes (it then reads as its id); every edit, delete or reaction takes a new
 -- value from the message id allocation (sqlite_sequence), so "seq > N" replays
--- every change after a cursor. The columns are added to an older database by
--- chatapi/sqlite.py; the index is created there, after them.
+-- every change after a cursor. chatapi/sqlite.py adds the columns to an older
+-- database, then creates the partial index of changed messages on (chat_id, seq).
 
 CREATE TABLE IF NOT EXISTS reactions (
     message_id INTEGER NOT NULL REFERENCES messages (id),

@@ -96,3 +96,13 @@ async def test_the_chat_list_with_unread_counts_against_the_list_without():
     (row,) = outcome.rows
     assert row.ours > 0 and row.baseline > 0 and row.ratio == row.ours / row.baseline
     assert len(outcome.raw["counted_ms"]) == len(outcome.raw["plain_ms"]) > 0
+
+
+async def test_catching_up_on_changes_against_catching_up_on_new_messages():
+    from bench import changes
+
+    outcome = await changes.run(count=50, rounds=1)
+    (row,) = outcome.rows
+    assert row.scenario == "8. catch-up of 50 changes"
+    assert row.ours > 0 and row.baseline > 0 and row.ratio == row.ours / row.baseline
+    assert len(outcome.raw["changes_ms"]) == len(outcome.raw["new_ms"]) == 1
