@@ -72,9 +72,11 @@ async def check_reply(app: web.Application, chat_id: int, reply_to: Any) -> int 
     if reply_to is None:
         return None
     if not is_int(reply_to) or not 1 <= reply_to <= db.MAX_ID:
-        raise ApiError(400, "reply_to must be a message id (a positive integer)")
+        reason = "reply_to must be a message id (a positive integer)"
+        raise ApiError(400, reason, {"reply_to": reason})
     if await db.message_by_id(app[DB], chat_id, reply_to) is None:
-        raise ApiError(400, f"reply_to: message {reply_to} does not exist in chat {chat_id}")
+        # Well-formed, but naming nothing: a 404, as an unknown member is.
+        raise ApiError(404, f"reply_to: message {reply_to} does not exist in chat {chat_id}")
     return reply_to
 
 

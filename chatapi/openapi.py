@@ -482,7 +482,7 @@ def paths(config: Config) -> dict[str, Schema]:
                     max_text=config.max_text,
                     outbox_limit=config.outbox_limit,
                     heartbeat=config.heartbeat,
-                ) + openapi_teams.WEBSOCKET_PROTOCOL,
+                ) + openapi_teams.WEBSOCKET_PROTOCOL + openapi_messages.WEBSOCKET_PROTOCOL,
                 "security": [{"bearerAuth": []}, {"queryToken": []}],
                 "responses": {
                     "101": {"description": "Switching to the websocket protocol."},

@@ -37,6 +37,18 @@ MESSAGE_PROPERTIES: Schema = {
 }
 
 
+WEBSOCKET_PROTOCOL = """
+
+Messages that change. Every message carries `seq` (its id until it changes, then a new
+value from the same sequence at each change); `join` with `since` replays by seq: a message
+new to the client as `message`, a changed one as `update`, each once in its latest state.
+Client to server, besides the above: `{"type": "edit", "chat_id", "message_id", "text"}`,
+`{"type": "delete", "chat_id", "message_id"}`, `{"type": "react" | "unreact", "chat_id",
+"message_id", "emoji"}`, and `"reply_to"` on a message frame. Server to client:
+`{"type": "update", ...the whole message}` when a message of a subscribed chat changed.
+"""
+
+
 def _json(schema: Schema) -> Schema:
     return {"application/json": {"schema": schema}}
 
@@ -50,8 +62,24 @@ def _response(name: str) -> Schema:
 
 
 def _text(config: Config) -> Schema:
+    from .openapi import trimmed  # (openapi imports this module)
+
     return {"type": "string", "minLength": 1, "maxLength": config.max_text,
-            "pattern": r"[^\s]", "description": "not only white space; no U+0000"}
+            "pattern": trimmed(config.max_text, stored=True),
+            "description": "not only white space; no U+0000"}
+
+
+def _emoji_pattern() -> str:
+    """What messages.emoji_problem accepts: no white space, '/' or Cc character."""
+    import sys
+    import unicodedata
+
+    from .openapi import char_class, character_classes
+
+    white, _ = character_classes()
+    control = char_class([c for c in range(sys.maxunicode + 1)
+                          if unicodedata.category(chr(c)) == "Cc"])
+    return rf"^[^{white}{control}/]{{1,{MAX_EMOJI}}}$"
 
 
 def schemas(config: Config) -> dict[str, Schema]:
@@ -61,8 +89,9 @@ def schemas(config: Config) -> dict[str, Schema]:
             "properties": {
                 "text": _text(config),
                 "nonce": {"type": "string", "minLength": 1, "maxLength": MAX_NONCE,
+                          "pattern": r"^[^\x00]*$",
                           "description": "makes the post idempotent (per user)"},
-                "reply_to": {**_ID, "description": "a message of the same chat"},
+                "reply_to": {**_ID, "description": "a message of the same chat (404 if none)"},
             },
             "required": ["text"],
         },
@@ -95,7 +124,8 @@ def paths(config: Config) -> dict[str, Schema]:
     emoji = {"name": "emoji", "in": "path", "required": True,
              "description": f"1 to {MAX_EMOJI} characters, no white space, '/' or control "
              f"characters; at most {MAX_REACTIONS} per user per message",
-             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI}}
+             "schema": {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI,
+                        "pattern": _emoji_pattern()}}
     body = {"400": _response("BadRequest"), "413": _response("TooLarge")}
     tags = ["messages"]
     return {

@@ -212,7 +212,7 @@ async def test_private_chats_are_unknown_to_others_for_every_change(client, regi
     public = await create_chat(client, eve, "public")
     resp = await client.post(f"/chats/{public}/messages", headers=eve.headers,
                              json={"text": "hi", "reply_to": message["id"]})
-    body = await assert_error(resp, 400)
+    body = await assert_error(resp, 404)
     assert body["error"] == f"reply_to: message {message['id']} does not exist in chat {public}"
 
 
