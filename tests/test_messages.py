@@ -287,3 +287,17 @@ def test_the_readme_example_prints_what_the_readme_says(tmp_path):
                               timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == printed
+
+
+async def test_a_change_with_a_revoked_token_version_is_not_stored(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    message = await post(client, alice, chat, "mine")
+    database = client.app[DB]
+    version = (await db.user_by_id(database, alice["id"]))["token_version"]
+    await db.revoke_tokens(database, alice["id"])
+    (stored,) = await db.apply_changes(database, [
+        db.Change(db.EDIT, chat, message["id"], alice["id"], text="late", token_version=version)
+    ])
+    assert stored.error == db.REVOKED and stored.message is None
+    assert (await db.message_by_id(database, chat, message["id"]))["text"] == "mine"
