@@ -3,6 +3,8 @@ one cursor (`seq`) that replays every change exactly once."""
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import subprocess
 import sys
 from urllib.parse import quote
@@ -16,6 +18,7 @@ from conftest import (
     no_frame,
     readme_block,
     readme_blocks,
+    run_sql,
 )
 
 from chatapi import db
@@ -301,3 +304,33 @@ async def test_a_change_with_a_revoked_token_version_is_not_stored(client, regis
     ])
     assert stored.error == db.REVOKED and stored.message is None
     assert (await db.message_by_id(database, chat, message["id"]))["text"] == "mine"
+
+
+async def test_a_version_2_database_is_migrated(database, backend):
+    from chatapi import postgres, sqlite
+
+    schema = (sqlite if backend == "sqlite" else postgres).schema_sql()
+    schema = schema.split("-- Messages that change")[0]
+    schema = re.sub(r",\n    -- version 4.*?\n\);", "\n);", schema, flags=re.DOTALL)
+    assert "seq        INTEGER" not in schema and "reactions" not in schema
+    if backend == "sqlite":
+        with sqlite3.connect(database) as conn:
+            conn.executescript(schema)
+    else:
+        await run_sql(database, schema + "SELECT 1;")
+    await run_sql(database, "INSERT INTO users (email, username, username_key, password_hash) "
+                  "VALUES ('a@example.com', 'a', 'a', 'x')")
+    await run_sql(database, "INSERT INTO chats (name, owner_id) VALUES ('old', 1)")
+    await run_sql(database, "INSERT INTO messages (chat_id, owner_id, text) VALUES (1, 1, 'kept')")
+    for _ in range(2):  # opening again changes nothing
+        opened = await db.open_database(database)
+        try:
+            message = await db.message_by_id(opened, 1, 1)
+            assert db.public_message(message)["seq"] >= 1
+            changed = await db.apply_changes(opened, [db.Change(db.REACT, 1, 1, 1, emoji="👍")])
+            assert changed[0].error is None
+            assert [m["seq"] async for m in db.changes_since(opened, 1, 1)] == [
+                changed[0].message["seq"]
+            ]
+        finally:
+            await opened.close()
