@@ -39,6 +39,7 @@ from test_faults import (
     register,
     until,
 )
+from test_revocation import reset_password
 
 pytestmark = pytest.mark.postgres_only
 
@@ -424,6 +425,37 @@ async def test_logout_on_one_process_closes_the_users_sockets_on_another_with_40
             msg = await _skip_presence(ws)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
         await api(http, "GET", second.url + "/users/me", token=alice["token"], status=401)
+
+
+async def test_reset_password_by_the_admin_command_closes_the_users_sockets_on_every_process(
+    cluster, postgres_url
+):
+    # The admin command is a third process: its revocation reaches both servers (the bus).
+    first, second = await cluster(2)
+    async with session() as http:
+        alice = await register(http, first.url, "alice")
+        chat = await create_chat(http, first.url, alice["token"], "ops")
+        sockets = [await http.ws_connect(server.ws_url, params={"token": alice["token"]})
+                   for server in (first, second, second)]
+        await sockets[1].send_json({"chat_id": chat, "text": "before", "nonce": "before"})
+        assert json.loads((await _skip_presence(sockets[1])).data)["nonce"] == "before"
+        await reset_password(postgres_url, "alice@example.com", "a-brand-new-password")
+        loop = asyncio.get_running_loop()
+        reset_at = loop.time()
+        # Sent after the reset is committed, before a server has noticed it: not stored.
+        await sockets[2].send_json({"chat_id": chat, "text": "after", "nonce": "after"})
+        for ws in sockets:
+            msg = await _skip_presence(ws)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
+        closed_within = loop.time() - reset_at
+        for server in (first, second):
+            await api(http, "GET", server.url + "/users/me", token=alice["token"], status=401)
+        body = {"email": "alice@example.com", "password": "a-brand-new-password"}
+        token = (await api(http, "POST", second.url + "/auth/login", body=body))["token"]
+        texts = [m["text"] for m in await history(http, first.url, token, chat)]
+    assert texts == ["before"]
+    # The contract says within a second; a loaded test machine gets some room.
+    assert closed_within < 5, closed_within
 
 
 # (g) two processes started at once on an empty database
