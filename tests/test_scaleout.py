@@ -626,13 +626,24 @@ http {{
             await finish(writers, 25)
             await until(lambda: all(len(r.ids) == 50 for r in readers), 30, "all delivered")
             messages = await history(http, base, bob["token"], chat)
+            # Asked of each process directly: both hold some of the sockets.
+            held = [await _connected_sockets(http, server.url) for server in servers]
             for reader in readers:
                 await reader.close()
     finally:
         proc.terminate()
         await proc.wait()
     assert problems == []
+    assert all(held) and sum(held) >= len(readers), held
     ids = [message["id"] for message in messages]
     assert len(ids) == 50
     for reader in readers:
         assert reader.ids == ids  # each saw the whole conversation, in order
+
+
+async def _connected_sockets(http: aiohttp.ClientSession, url: str) -> int:
+    """The websockets a process holds, from its /metrics."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    (line,) = [line for line in text.splitlines() if line.startswith("chatapi_connected_sockets ")]
+    return int(float(line.split()[1]))
