@@ -650,7 +650,7 @@ async def _connected_sockets(http: aiohttp.ClientSession, url: str) -> int:
     return int(float(line.split()[1]))
 
 
-# (h) messages that change (issue 13): edits, deletes and reactions from writers on three
+# (i) messages that change (issue 13): edits, deletes and reactions from writers on three
 # processes reach live subscribers and an offline client, each change once, by seq
 
 
