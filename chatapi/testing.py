@@ -199,10 +199,7 @@ class ChatServer:
                 **users.user_json(user), "token": token, "password": password,
             }
         seeded.chats = {chat["name"]: chat for chat in stored_chats}
-        seeded.messages = [
-            {k: v for k, v in message.items() if v is not None or k != "nonce"}
-            for message in stored_messages
-        ]
+        seeded.messages = [db.public_message(message) for message in stored_messages]
         return seeded
 
     def _run(self) -> None:
