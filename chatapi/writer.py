@@ -40,6 +40,7 @@ class MessageWriter:
         self._pending: asyncio.Queue[
             tuple[db.Draft | db.Change, asyncio.Future[db.Stored]]
         ] = asyncio.Queue()
+        self._held: tuple[db.Draft | db.Change, asyncio.Future[db.Stored]] | None = None
 
     async def post(self, draft: db.Draft | db.Change) -> db.Stored:
         """Store a message (or a change of one); returns once it is committed and published."""
@@ -49,14 +50,17 @@ class MessageWriter:
 
     async def run(self) -> None:
         while True:
-            batch = [await self._pending.get()]
-            # One kind per batch: messages, or changes (their order kept).
+            batch = [self._held or await self._pending.get()]
+            self._held = None
+            # One kind per batch: messages, or changes (their order kept); the first
+            # item of the other kind waits for the next batch.
             kind = type(batch[0][0])
-            while (
-                not self._pending.empty() and len(batch) < self._max_batch
-                and type(self._pending._queue[0][0]) is kind  # type: ignore[attr-defined]
-            ):
-                batch.append(self._pending.get_nowait())
+            while not self._pending.empty() and len(batch) < self._max_batch:
+                item = self._pending.get_nowait()
+                if type(item[0]) is not kind:
+                    self._held = item
+                    break
+                batch.append(item)
             store = db.insert_messages if kind is db.Draft else db.apply_changes
             try:
                 results = await store(self._db, [item for item, _ in batch])  # type: ignore[arg-type]
