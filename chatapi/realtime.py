@@ -157,7 +157,7 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
             leave(app, conn, frame)
         elif kind == "read":
             await read(app, conn, frame)
-        elif kind in CHANGES:
+        elif isinstance(kind, str) and kind in CHANGES:
             await change(app, conn, frame, CHANGES[kind])
         else:
             raise FrameError(

@@ -334,3 +334,31 @@ async def test_a_version_2_database_is_migrated(database, backend):
             ]
         finally:
             await opened.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ({"type": ["edit"]}, "unknown frame type"),
+        ({"type": "edit", "chat_id": 1, "message_id": "1", "text": "x"},
+         "message_id must be a message id (a positive integer)"),
+        ({"type": "edit", "chat_id": 1, "message_id": 1, "text": " "},
+         "text must not be empty or only white space"),
+        ({"type": "react", "chat_id": 1, "message_id": 1, "emoji": "a b"},
+         "emoji must not contain white space, '/' or control characters"),
+        ({"type": "unreact", "chat_id": 1, "message_id": 1}, "emoji must be a string of 1 to 32"),
+        ({"type": "delete", "chat_id": 1, "message_id": 10**12},
+         f"message {10**12} does not exist in chat 1"),
+        ({"chat_id": 1, "text": "x", "reply_to": True},
+         "reply_to must be a message id (a positive integer)"),
+    ],
+)
+async def test_bad_change_frames_get_an_error_frame(client, register, frame, error):
+    alice = await register(client, "alice")
+    assert await create_chat(client, alice) == 1
+    ws = await connect(client, alice)
+    await ws.send_json(frame)
+    answer = await next_frame(ws, "error")
+    assert answer["error"].startswith(error)
+    await ws.send_json({"chat_id": 1, "text": "still works"})
+    assert (await next_frame(ws, "message"))["text"] == "still works"
