@@ -1,11 +1,12 @@
 """The bus of several processes on one PostgreSQL database.
 
-Each commit rings a doorbell (NOTIFY with chat ids only, sent by the storing
-transaction) and every process reads the new rows of the chats its sockets
-follow from the table, in id order, after the last id it delivered there. The
-table is the truth: a lost doorbell (listener reconnect) costs a re-read, never
-a message, and a row is never delivered twice (ids at or below a chat's last
-delivered id are skipped). The same doorbells carry revoked tokens and
+Each commit of messages or of changes rings a doorbell (NOTIFY with chat ids
+only, sent by the storing transaction) and every process reads the rows of the
+chats its sockets follow from the table, in seq order, after the last seq it
+delivered there: new messages and changed ones (as `update` frames). The table
+is the truth: a lost doorbell (listener reconnect) costs a re-read, never a
+message or a change, and a row is never delivered twice (seq values at or below
+a chat's last delivered one are skipped). The same doorbells carry revoked tokens and
 presence changes.
 """
 

@@ -362,3 +362,16 @@ async def test_bad_change_frames_get_an_error_frame(client, register, frame, err
     assert answer["error"].startswith(error)
     await ws.send_json({"chat_id": 1, "text": "still works"})
     assert (await next_frame(ws, "message"))["text"] == "still works"
+
+
+async def test_the_cursor_reset_compares_with_the_newest_seq(client, register):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    message = await post(client, alice, chat, "m")
+    edited = await change(client, alice, "PATCH", path(chat, message["id"]), text="m2")
+    ws = await connect(client, alice)
+    # A cursor at the newest change is no cursor beyond the chat.
+    assert await replay(ws, chat, edited["seq"]) == []
+    await ws.send_json({"type": "join", "chat_id": chat, "since": edited["seq"] + 5})
+    assert await next_frame(ws) == {"type": "joined", "chat_id": chat, "cursor_reset": True,
+                                    "last_id": edited["seq"]}
