@@ -38,13 +38,10 @@ def orjson_frames() -> None:
     """Serialise message frames with orjson instead of the standard json module."""
     import orjson
 
-    from chatapi import hub, realtime
+    from chatapi import db, hub, realtime
 
-    def message_frame(message: dict) -> str:
-        frame = {"type": "message", **{field: message[field] for field in hub.MESSAGE_FIELDS}}
-        if message.get("nonce") is not None:
-            frame["nonce"] = message["nonce"]
-        return orjson.dumps(frame).decode()
+    def message_frame(message: dict, kind: str = "message") -> str:
+        return orjson.dumps({"type": kind, **db.public_message(message)}).decode()
 
     hub.message_frame = message_frame
     realtime.message_frame = message_frame

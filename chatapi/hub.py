@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 REVOKED = 4001  # close code of a socket whose user's tokens were revoked
 CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the connection is cut
-MESSAGE_FIELDS = ("id", "chat_id", "owner_id", "username", "text", "created_at")
 
 
 def message_frame(message: dict[str, Any], kind: str = "message") -> str:
