@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -70,19 +70,13 @@ async def authenticate(app: web.Application, token: str | None) -> dict[str, Any
     return user
 
 
-_touched: dict[int, float] = {}  # API token id -> when this process last wrote last_used_at
-
-
 async def _api_token_user(app: web.Application, token: str) -> dict[str, Any]:
     # Hashed before the lookup: the comparison happens on a digest, in the database.
     user = await db.user_by_api_token(app[DB], api_token_hash(token))
     if user is None:
         raise ApiError(401, "invalid or revoked API token")
-    token_id = user["api_token_id"]
-    now = time.monotonic()
-    if now - _touched.get(token_id, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
-        if len(_touched) > 10_000:
-            _touched.clear()
-        _touched[token_id] = now
-        await db.touch_api_token(app[DB], token_id)
+    # ISO 8601 text compares as time does: written again once it is a minute old.
+    stale = (datetime.now(UTC) - timedelta(seconds=TOUCH_INTERVAL)).strftime("%Y-%m-%dT%H:%M:%S")
+    if user["api_token_used_at"] is None or user["api_token_used_at"] < stale:
+        await db.touch_api_token(app[DB], user["api_token_id"])
     return user
