@@ -277,3 +277,44 @@ async def test_logout_on_one_process_keeps_api_token_sockets_on_another(
         assert not bot_ws.closed
         await api(http, "GET", second.url + "/users/me", token=created["token"])
         await bot_ws.close()
+
+
+def test_the_readme_bot_recipe_posts_with_an_api_token_then_revokes_it(tmp_path, backend):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from conftest import database_for, readme_block
+
+    from chatapi.testing import ChatServer
+
+    def call(url: str, body=None, token: str | None = None):
+        request = urllib.request.Request(url, data=json.dumps(body).encode() if body else None)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    with database_for(backend, tmp_path) as database, ChatServer(
+        db_path=database, bcrypt_rounds=4
+    ) as server:
+        alice = call(server.url + "/auth/reg", {"email": "alice@example.com", "username": "alice",
+                                                "password": "correct horse"})
+        call(server.url + "/chats/create", {"name": "general"}, alice["token"])
+        block = readme_block("API tokens for scripts and bots", "sh")
+        assert block.count("localhost:8080") >= 5
+        done = subprocess.run(
+            ["bash", "-ec", block.replace("localhost:8080", server.url.split("//", 1)[1])],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert "'text': 'deploy finished'" in lines[0] and "'username': 'alice'" in lines[0]
+        listed = json.loads(lines[1])
+        assert [(t["id"], t["name"]) for t in listed] == [(1, "deploy bot")]
+        assert "token" not in listed[0] and listed[0]["last_used_at"] is not None
+        assert call(server.url + "/auth/tokens", token=alice["token"]) == []
+        assert TOKEN.search(done.stdout) is None  # the token itself was never printed

@@ -175,3 +175,33 @@ def test_a_large_batch_is_split_below_the_payload_limit():
     assert all(len(p.encode()) < MAX_PAYLOAD for p in payloads)
     items = [item for p in payloads for item in json.loads(p.split(":", 2)[2])]
     assert items == [[n, n, "ü" * 50] for n in range(1, 400)]
+
+
+async def test_the_readme_typing_example_shows_and_clears_a_typist(tmp_path, backend):
+    from conftest import database_for, readme_block
+
+    from chatapi.client import ChatClient
+    from chatapi.testing import ChatServer
+
+    namespace: dict = {}
+    exec(readme_block("Typing", "python"), namespace)  # noqa: S102 - README's own example
+    shown: list[list[str]] = []
+    with database_for(backend, tmp_path) as database, ChatServer(
+        db_path=database, bcrypt_rounds=4
+    ) as server:
+        async with ChatClient(server.url) as alice, ChatClient(server.url) as bob:
+            await alice.register("alice@example.com", "alice", "password-alice")
+            await bob.register("bob@example.com", "bob", "password-bob")
+            chat = (await alice.create_chat("general"))["id"]
+            watcher = asyncio.create_task(namespace["show_typists"](bob, chat, shown.append))
+            try:
+                async with asyncio.timeout(10):
+                    while not shown:  # joined
+                        await asyncio.sleep(0.01)
+                await namespace["type_then_send"](alice, chat, "hello")
+                async with asyncio.timeout(10):
+                    while len(shown) < 3:
+                        await asyncio.sleep(0.01)
+            finally:
+                watcher.cancel()
+    assert shown[:3] == [[], ["alice"], []]
