@@ -52,6 +52,9 @@ class Draft:
     # The token version the sending socket authenticated with: once the user's
     # tokens are revoked (logout, a password reset), the draft is not stored.
     token_version: int | None = None
+    # The API token the sending socket authenticated with: once it is revoked (or
+    # a password reset deletes it), the draft is not stored.
+    api_token_id: int | None = None
 
 
 REVOKED = "your tokens were revoked: log in again"

@@ -844,6 +844,13 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
+def _revoked(draft: Draft, versions: dict[int, int], live: set[int]) -> bool:
+    """Whether the token the draft was sent with was revoked (read in the batch)."""
+    if draft.token_version is not None:
+        return versions.get(draft.owner_id) != draft.token_version
+    return draft.api_token_id is not None and draft.api_token_id not in live
+
+
 async def _insert_batch(
     conn: asyncpg.Connection, drafts: Sequence[Draft], chats: set[int]
 ) -> list[Stored]:
@@ -865,11 +872,24 @@ async def _insert_batch(
                 checked,
             )
         }
+    # API tokens likewise: revoking one (a DELETE) waits for the batch.
+    tokens = sorted(
+        {d.api_token_id for d in drafts if d.api_token_id is not None and d.chat_id in chats}
+    )
+    live: set[int] = set()
+    if tokens:
+        live = {
+            row["id"]
+            for row in await conn.fetch(
+                """SELECT id FROM api_tokens WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE""",
+                tokens,
+            )
+        }
     errors: list[str | None] = []
     for draft in drafts:
         if draft.chat_id not in chats:
             errors.append(f"chat {draft.chat_id} does not exist")
-        elif draft.token_version is not None and versions.get(draft.owner_id) != draft.token_version:
+        elif _revoked(draft, versions, live):
             errors.append(REVOKED)
         else:
             errors.append(None)

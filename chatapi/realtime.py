@@ -225,7 +225,9 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
     if not was_subscribed:
         await app[BUS].follow(chat_id)
     app[HUB].subscribe(chat_id, conn)
-    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
+    draft = db.Draft(
+        chat_id, conn.user_id, conn.username, text, nonce, conn.token_version, conn.api_token_id
+    )
     stored = await app[WRITER].post(draft)
     if stored.error:
         if not was_subscribed:

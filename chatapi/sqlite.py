@@ -562,11 +562,14 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
             rows = conn.execute(
                 """INSERT INTO messages (chat_id, owner_id, text, nonce)
                    SELECT ?1, ?2, ?3, ?4
-                   WHERE ?5 IS NULL OR EXISTS (
-                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
+                   WHERE (?5 IS NULL OR EXISTS (
+                             SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5))
+                     AND (?6 IS NULL OR EXISTS (
+                             SELECT 1 FROM api_tokens WHERE id = ?6 AND user_id = ?2))
                    ON CONFLICT DO NOTHING
                    RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
+                 draft.api_token_id),
             ).fetchall()
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
@@ -580,7 +583,7 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         if rows:
             results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
             continue
-        if draft.token_version is not None and not _still_valid(conn, draft):
+        if not _still_valid(conn, draft):
             results.append(Stored(None, error=REVOKED))
             continue
         (original,) = conn.execute(
@@ -600,11 +603,18 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
 
 
 def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
-    rows = conn.execute(
-        """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
-        (draft.owner_id, draft.token_version),
-    ).fetchall()
-    return bool(rows)
+    """Whether the token the draft was sent with is still valid (True without one)."""
+    if draft.token_version is not None:
+        return bool(conn.execute(
+            """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
+            (draft.owner_id, draft.token_version),
+        ).fetchall())
+    if draft.api_token_id is not None:
+        return bool(conn.execute(
+            """SELECT 1 FROM api_tokens WHERE id = ? AND user_id = ?""",
+            (draft.api_token_id, draft.owner_id),
+        ).fetchall())
+    return True
 
 
 def schema_sql() -> str:

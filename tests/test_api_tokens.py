@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Awaitable
 
 import aiohttp
 import pytest
@@ -166,6 +167,44 @@ async def test_revoking_a_token_closes_its_sockets_at_once_and_no_other(client, 
         await ws.send_json({"chat_id": chat, "text": "alive"})
         assert (await next_frame(ws))["text"] == "alive"
         await ws.close()
+
+
+async def test_nothing_from_a_revoked_tokens_sockets_is_stored_once_revoking_has_answered(
+    client, register, config
+):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    created = await new_token(client, alice)
+    sockets = [
+        await client.ws_connect("/chats/ws", params={"token": created["token"]}) for _ in range(3)
+    ]
+    stop = asyncio.Event()
+
+    async def flood(ws: aiohttp.ClientWebSocketResponse, n: int) -> None:
+        count = 0
+        while not stop.is_set() and not ws.closed:
+            count += 1
+            try:
+                await ws.send_json({"chat_id": chat, "text": f"{n}-{count}"})
+            except (ConnectionError, RuntimeError):
+                return
+            await asyncio.sleep(0)
+
+    def stored() -> Awaitable[list]:
+        return run_sql(config.db_path, "SELECT id, text FROM messages ORDER BY id")
+
+    floods = [asyncio.create_task(flood(ws, n)) for n, ws in enumerate(sockets)]
+    while len(await stored()) < 50:
+        await asyncio.sleep(0.01)
+    resp = await client.delete(f"/auth/tokens/{created['id']}", headers=alice.headers)
+    assert resp.status == 204
+    at_revocation = await stored()
+    codes = [await closed_with(ws) for ws in sockets]
+    stop.set()
+    await asyncio.gather(*floods)
+    await asyncio.sleep(0.5)  # a straggler would be committed by now
+    assert codes == [4001] * 3
+    assert await stored() == at_revocation
 
 
 async def test_reset_password_revokes_api_tokens_and_closes_their_sockets(
