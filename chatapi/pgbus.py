@@ -145,7 +145,7 @@ class PostgresBus(Bus):
                     self.hub.broadcast(frame)
             else:
                 log.warning("unknown notification kind %r", kind)
-        except ValueError:
+        except (ValueError, TypeError):
             log.warning("malformed notification %r", payload[:100])
 
     def _spawn(self, coro: Any) -> None:
