@@ -150,7 +150,8 @@ class Field:
         if self.description:
             schema["description"] = self.description
         if self.default is not MISSING and self.default is not None:
-            schema["default"] = self.default
+            default = self.default
+            schema["default"] = list(default) if isinstance(default, tuple) else default
         if self.null and not self.required:
             schema["nullable"] = True
         return schema
