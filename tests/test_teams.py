@@ -327,6 +327,17 @@ async def test_members_are_added_promoted_and_leave(client, register):
     await assert_error(await client.get(members_url, headers=alice.headers), 404)
 
 
+
+@pytest.mark.parametrize("user_id", ["0", "9223372036854775808", "9999999999999999999", "x"])
+async def test_a_member_id_no_user_can_have_is_an_unknown_user(client, register, user_id):
+    alice = await register(client, "alice")
+    chat = await private_chat(client, alice)
+    url = f"/chats/{chat}/members/{user_id}"
+    for resp in (await client.delete(url, headers=alice.headers),
+                 await client.patch(url, json={"role": "owner"}, headers=alice.headers)):
+        body = await assert_error(resp, 404)
+        assert body["error"] == f"user {user_id} does not exist"
+
 async def test_posting_in_a_public_chat_makes_a_member(client, register):
     alice, bob = await register(client, "alice"), await register(client, "bob")
     chat = await create_chat(client, alice, "lobby")
