@@ -95,7 +95,8 @@ CHAT_PATH = Shape("ChatPath", {
         description="a chat; one the caller may not know of answers as an unknown chat"
     ),
 })
-MEMBER_PATH = Shape("MemberPath", {**CHAT_PATH.fields, "user_id": Id()})
+MEMBER_ID_PATH = Shape("MemberIdPath", {"user_id": Id()})
+MEMBER_PATH = Shape("MemberPath", {**CHAT_PATH.fields, **MEMBER_ID_PATH.fields})
 MEMBER = Shape("Member", {"user_id": Id(), "username": Text(), "role": Choice(ROLES)}, closed=True)
 NEW_MEMBER = Shape("NewMember", {"user_id": USER_ID, "role": Choice(ROLES, default="member")})
 # A missing role gets the same words as a wrong one.
@@ -362,7 +363,7 @@ async def remove_member(request: web.Request) -> web.Response:
 
 def _member_in_path(request: web.Request) -> int:
     try:
-        return MEMBER_PATH.read_query(request.match_info)["user_id"]
+        return MEMBER_ID_PATH.read_query(request.match_info)["user_id"]
     except FieldError:
         raise ApiError(404, f"user {request.match_info['user_id']} does not exist") from None
 

@@ -338,6 +338,16 @@ async def test_a_member_id_no_user_can_have_is_an_unknown_user(client, register,
         body = await assert_error(resp, 404)
         assert body["error"] == f"user {user_id} does not exist"
 
+
+async def test_a_chat_id_no_chat_can_have_is_an_unknown_chat_on_member_routes(client, register):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    for chat_id in ("abc", "-1", "0", "99999999999999999999"):
+        url = f"/chats/{chat_id}/members/{bob['id']}"
+        for resp in (await client.delete(url, headers=alice.headers),
+                     await client.patch(url, json={"role": "owner"}, headers=alice.headers)):
+            body = await assert_error(resp, 404)
+            assert body["error"] == f"chat {chat_id} does not exist"
+
 async def test_posting_in_a_public_chat_makes_a_member(client, register):
     alice, bob = await register(client, "alice"), await register(client, "bob")
     chat = await create_chat(client, alice, "lobby")
