@@ -495,8 +495,6 @@ async def create_user_with_invite(
 
 # API tokens: only a token's SHA-256 is stored (chatapi/tokens.py makes them)
 
-API_TOKEN_FIELDS = ("id", "name", "created_at", "last_used_at")
-
 
 async def create_api_token(
     db: Database, user_id: int, name: str, token_hash: str, cap: int
