@@ -16,10 +16,34 @@ from aiohttp import web
 from . import db, teams
 from .auth import USER
 from .keys import CONFIG, DB, WRITER
-from .validation import NUL, ApiError, is_int, is_utf8, json_object
+from .shapes import Id, Json, Timestamp, is_int, is_utf8
+from .validation import ApiError, json_object
 
 MAX_NONCE = 64
 MAX_EMOJI = 32
+# The fields of a message (chatapi.chats.MESSAGE) besides the base ones; see
+# chatapi.db.public_message.
+MESSAGE_FIELDS = {
+    "seq": Id(description="the message's id until it changes; then a new value from the same "
+              "sequence at every change (the cursor of `join` with `since`)"),
+    "reply_to": Id(default=None, description="the message (of the same chat) this one answers"),
+    "edited_at": Timestamp(default=None, description="when its text was last edited"),
+    "deleted": Json({"type": "boolean", "enum": [True]}, default=None,
+                    description="a tombstone: its text is empty and its reactions gone"),
+    "deleted_at": Timestamp(default=None),
+    "reactions": Json({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"emoji": {"type": "string"},
+                           "user_ids": {"type": "array", "minItems": 1, "items": {
+                               "type": "integer", "format": "int64", "minimum": 1}}},
+            "required": ["emoji", "user_ids"],
+            "additionalProperties": False,
+        },
+    }, default=None, description="by emoji; absent when there is none"),
+}
+NUL = "\x00"
 REFUSED = {
     db.NO_MESSAGE: (404, "message {message_id} does not exist in chat {chat_id}"),
     db.GONE: (409, "message {message_id} is deleted"),
@@ -107,6 +131,14 @@ async def change_message(
     return stored
 
 
+def credentials(user: dict[str, Any]) -> dict[str, int | None]:
+    """What a draft or change checks when it is stored: the API token the user
+    authenticated with, or else the version of their session token."""
+    if user.get("api_token_id") is not None:
+        return {"token_version": None, "api_token_id": user["api_token_id"]}
+    return {"token_version": user["token_version"], "api_token_id": None}
+
+
 # HTTP routes
 
 
@@ -140,7 +172,7 @@ async def post_message(request: web.Request) -> web.Response:
     reply_to = await check_reply(app, chat_id, body.get("reply_to"))
     draft = db.Draft(
         chat_id, user["id"], user["username"], body["text"], body.get("nonce"),
-        user["token_version"], reply_to,
+        reply_to=reply_to, **credentials(user),
     )
     stored = await app[WRITER].post(draft)
     if stored.error == db.REVOKED:
@@ -170,7 +202,7 @@ async def edit_message(request: web.Request) -> web.Response:
         raise ApiError(400, problem, {"text": problem})
     user = request[USER]
     change = db.Change(db.EDIT, chat_id, message_id, user["id"], text=body["text"],
-                       token_version=user["token_version"])
+                       **credentials(user))
     return _answer(await change_message(request.app, user, change))
 
 
@@ -178,8 +210,7 @@ async def delete_message(request: web.Request) -> web.Response:
     """DELETE /chats/{chat_id}/messages/{message_id}: the tombstone."""
     chat_id, message_id = _ids_in_path(request)
     user = request[USER]
-    change = db.Change(db.DELETE, chat_id, message_id, user["id"],
-                       token_version=user["token_version"])
+    change = db.Change(db.DELETE, chat_id, message_id, user["id"], **credentials(user))
     return _answer(await change_message(request.app, user, change))
 
 
@@ -192,8 +223,7 @@ async def react(request: web.Request) -> web.Response:
         raise ApiError(400, problem, {"emoji": problem})
     user = request[USER]
     kind = db.REACT if request.method == "PUT" else db.UNREACT
-    change = db.Change(kind, chat_id, message_id, user["id"], emoji=emoji,
-                       token_version=user["token_version"])
+    change = db.Change(kind, chat_id, message_id, user["id"], emoji=emoji, **credentials(user))
     return _answer(await change_message(request.app, user, change))
 
 

@@ -3,39 +3,18 @@ chatapi/openapi.py)."""
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Any
 
 from .config import Config
 from .db import MAX_REACTIONS
 from .messages import MAX_EMOJI, MAX_NONCE
+from .shapes import char_class, character_classes, stripped_pattern
 
 Schema = dict[str, Any]
 MAX_ID = 2**63 - 1
 _ID: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID}
-_TIME: Schema = {"$ref": "#/components/schemas/Timestamp"}
-
-# The fields a message has besides the base ones (see chatapi.db.public_message).
-MESSAGE_PROPERTIES: Schema = {
-    "seq": {**_ID, "description": "the message's id until it changes; then a new value from "
-            "the same sequence at every change (the cursor of `join` with `since`)"},
-    "reply_to": {**_ID, "description": "the message (of the same chat) this one answers"},
-    "edited_at": {**_TIME, "description": "when its text was last edited"},
-    "deleted": {"type": "boolean", "enum": [True],
-                "description": "a tombstone: its text is empty and its reactions gone"},
-    "deleted_at": _TIME,
-    "reactions": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {"emoji": {"type": "string"},
-                           "user_ids": {"type": "array", "items": _ID, "minItems": 1}},
-            "required": ["emoji", "user_ids"],
-            "additionalProperties": False,
-        },
-        "description": "by emoji; absent when there is none",
-    },
-}
-
 
 WEBSOCKET_PROTOCOL = """
 
@@ -62,20 +41,13 @@ def _response(name: str) -> Schema:
 
 
 def _text(config: Config) -> Schema:
-    from .openapi import trimmed  # (openapi imports this module)
-
     return {"type": "string", "minLength": 1, "maxLength": config.max_text,
-            "pattern": trimmed(config.max_text, stored=True),
+            "pattern": stripped_pattern(1, config.max_text, r"\x00"),
             "description": "not only white space; no U+0000"}
 
 
 def _emoji_pattern() -> str:
     """What messages.emoji_problem accepts: no white space, '/' or Cc character."""
-    import sys
-    import unicodedata
-
-    from .openapi import char_class, character_classes
-
     white, _ = character_classes()
     control = char_class([c for c in range(sys.maxunicode + 1)
                           if unicodedata.category(chr(c)) == "Cc"])

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, fanout, ingest
+from bench import shapes as shapes_bench
 from bench.common import baseline_server, chatapi_server, commit_floor, temp_dir
 from bench.common import create_database as bench_database
 from bench.experiments import EXPERIMENTS
@@ -106,3 +107,9 @@ async def test_catching_up_on_changes_against_catching_up_on_new_messages():
     assert row.scenario == "8. catch-up of 50 changes"
     assert row.ours > 0 and row.baseline > 0 and row.ratio == row.ours / row.baseline
     assert len(outcome.raw["changes_ms"]) == len(outcome.raw["new_ms"]) == 1
+
+
+def test_the_shapes_benchmark_runs(capsys):
+    assert shapes_bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| hand |" in out and "| own |" in out

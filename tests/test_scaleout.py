@@ -477,9 +477,9 @@ async def test_two_processes_started_at_once_on_an_empty_database_both_serve(clu
         )
     finally:
         await conn.close()
-    # Version 4: users, chats, messages, settings, nodes, presence, login_failures, the
-    # Teams tables admins, members, direct_pairs, invites, and reactions.
-    assert alice["username"] == "alice" and version == "4" and tables == 12
+    # Version 6: users, chats, messages, settings, nodes, presence, login_failures, the
+    # Teams tables admins, members, direct_pairs, invites, api_tokens and reactions.
+    assert alice["username"] == "alice" and version == "6" and tables == 13
 
 
 # Shared limits
