@@ -399,10 +399,18 @@ class PostgresDatabase(Database):
         return row[0] if row else None
 
     async def messages_after(self, positions: dict[int, int]) -> list[dict[str, Any]]:
+        # Each chat's new rows are read on their own from messages_by_chat, from its
+        # position on. A join of all chats at once got a merge join that read every
+        # message of those chats (366,000 rows for 3,000 new ones), and `chat_id = c AND
+        # id > a` the primary key from `a` on, every chat's messages since; the row
+        # comparison (with `chat_id <= c`) leaves the planner only the (chat_id, id) range.
         rows = await self.pool.fetch(
             f"""SELECT {_MESSAGE_COLUMNS}
                 FROM unnest($1::bigint[], $2::bigint[]) AS p (chat_id, after)
-                JOIN messages m ON m.chat_id = p.chat_id AND m.id > p.after
+                CROSS JOIN LATERAL (
+                    SELECT * FROM messages x
+                    WHERE (x.chat_id, x.id) > (p.chat_id, p.after) AND x.chat_id <= p.chat_id
+                    ORDER BY x.chat_id, x.id LIMIT $3) AS m
                 JOIN users u ON u.id = m.owner_id
                 ORDER BY m.chat_id, m.id LIMIT $3""",
             list(positions), list(positions.values()), CATCH_UP_ROWS,
