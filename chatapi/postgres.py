@@ -841,6 +841,15 @@ async def _insert_batch(
     return results  # type: ignore[return-value]
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back to the pool as it is: it holds no session state
+    to undo (no SET, no LISTEN: `listen` has a connection of its own; advisory locks
+    are transaction-scoped; cursors live in transactions), and asyncpg's default reset
+    (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) is one more round
+    trip per pool use: a quarter of the event loop's busy time at 50 messages/s (an
+    open transaction is still rolled back by asyncpg before this is called)."""
+
+
 async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
     """Connect a pool and apply the schema under an advisory lock."""
     try:
@@ -850,6 +859,7 @@ async def open_database(url: str, min_size: int = 1, max_size: int = 10) -> Post
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             command_timeout=QUERY_TIMEOUT,
+            reset=_keep_session,
             server_settings={
                 "application_name": "chatapi",
                 # A process stalled inside a transaction (frozen, or its loop gone)
