@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -205,7 +206,7 @@ async def alternate(
         windows: dict[str, list[dict]] = {side.kind: [] for side in sides}
         for r in range(rounds):
             for side in sides:
-                name = f"fanout-{side.kind}-{n}".replace(" ", "-")
+                name = re.sub(r"[^\w]+", "-", f"fanout-{side.kind}-{n}")
                 w = await side.window(n, rate, seconds, name if r == 0 else name + f"-{r}")
                 w["setup_s"] = side.setup_s
                 windows[side.kind].append(w)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 
 from . import common, profiler
@@ -142,7 +143,7 @@ async def alternate(
             await drive(senders, warmup)
         for r in range(rounds):
             for kind, senders in sides.items():
-                name = f"ingest-{kind}".replace(" ", "-") + (f"-{r}" if r else "")
+                name = re.sub(r"[^\w]+", "-", f"ingest-{kind}") + (f"-{r}" if r else "")
                 w = await window(servers[kind], senders, seconds, name)
                 windows[kind].append(w)
                 print(
