@@ -27,8 +27,10 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import common, fanout, ingest
@@ -48,6 +50,7 @@ from .common import (
 )
 from .fanout import Side, best
 
+T = TypeVar("T")
 PLAN = [(100, 50.0, 3.0), (1000, 10.0, 3.0)]
 QUICK_PLAN = [(100, 50.0, 1.5)]
 PROCESSES = (1, 2)
@@ -139,10 +142,8 @@ class PostgresServer(Server):
         return parts
 
 
-def in_thread(coro):  # type: ignore[no-untyped-def]
+def in_thread(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on a loop of its own in another thread (from sync code under a loop)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
 
@@ -193,7 +194,7 @@ def change_row(label: str, metric: str, windows: dict[str, list[dict]], one: str
     b = pick(windows[two], key=lambda w: w[key])
     return Row(
         label, metric, b[key], a[key], b[key] / a[key], "—", None, unit=unit,
-        baseline_name="ChatAPI on PostgreSQL, 1 process",
+        baseline_name=f"ChatAPI on PostgreSQL, {one}",
         server_util=b["server_util"], generator_util=b["generator_util"],
         baseline_server_util=a["server_util"], baseline_generator_util=a["generator_util"],
         other_load=max(a["other_load"], b["other_load"]), sensitive=True,
