@@ -35,7 +35,7 @@ from .db import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
@@ -70,6 +70,18 @@ _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.
 _MESSAGE_JSON = """m.id AS id, json_strip_nulls(json_build_object(
     'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
     'text', m.text, 'nonce', m.nonce, 'created_at', m.created_at))::text AS json"""
+# The terms ($1) as a tsquery: each term's lexemes, made by the same parser and
+# folding as the indexed texts, quoted (so no input is tsquery syntax) and ANDed,
+# those of the last term as prefixes; NULL (matching nothing) when no term has any.
+_SEARCH_QUERY = r"""SELECT nullif(string_agg(
+        '''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || ''''
+            || CASE WHEN t.n = cardinality($1::text[]) THEN ':*' ELSE '' END,
+        ' & '), '')::tsquery
+    FROM unnest($1::text[]) WITH ORDINALITY AS t (term, n),
+        unnest(tsvector_to_array(to_tsvector('simple', search_fold(t.term)))) AS lexeme"""
+# The chats a user ($4) may read: public ones and those they are a member of.
+_READABLE_CHATS = """m.chat_id IN (SELECT id FROM chats WHERE kind = 'public'
+                                UNION ALL SELECT chat_id FROM members WHERE user_id = $4)"""
 _INSERT_USER = f"""INSERT INTO users (email, username, username_key, password_hash)
                        VALUES ($1, $2, $3, $4)
                        RETURNING {_USER_COLUMNS}"""
@@ -430,6 +442,18 @@ class PostgresDatabase(Database):
                 chat_id, after, before, limit,
             )
         return [(row[0], row[1]) for row in rows] if as_json else [dict(row) for row in rows]
+
+    async def search_messages(
+        self, user_id: int, terms: Sequence[str], chat_id: int | None, before: int, limit: int
+    ) -> list[str]:
+        readable = "m.chat_id = $4" if chat_id is not None else _READABLE_CHATS
+        rows = await self.pool.fetch(
+            f"""SELECT {_MESSAGE_JSON} FROM messages m JOIN users u ON u.id = m.owner_id
+                WHERE m.search @@ ({_SEARCH_QUERY}) AND m.id < $2 AND {readable}
+                ORDER BY m.id DESC LIMIT $3""",
+            list(terms), before, limit, user_id if chat_id is None else chat_id,
+        )
+        return [row[1] for row in rows]
 
     async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]:
         async with self.pool.acquire() as conn, conn.transaction():
