@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, openapi_teams
+from . import __version__, openapi_teams, search
 from .auth import public
 from .config import Config
 from .keys import CONFIG
@@ -468,6 +468,60 @@ def paths(config: Config) -> dict[str, Schema]:
                 },
             }
         },
+        "/search": {
+            "get": {
+                "tags": ["search"],
+                "operationId": "searchMessages",
+                "summary": "Messages containing every word of q, newest first",
+                "description": "From the chats the caller may read only (public ones, and "
+                "private or direct ones the caller is a member of). Case and diacritics are "
+                "ignored; the last word also matches as a prefix; nothing in q is query "
+                "syntax. A changed text is found by its new words at once; a removed text "
+                "never matches. Page with `before` = the id of the last message of a page.",
+                "parameters": [
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "required": True,
+                        "description": "the words, separated by white space",
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": search.MAX_QUERY,
+                            "pattern": trimmed(search.MAX_QUERY, stored=True),
+                        },
+                    },
+                    {
+                        "name": "chat_id",
+                        "in": "query",
+                        "description": "only this chat: any integer, one the caller may not "
+                        "read (or that names no chat) is a 404",
+                        "schema": {"type": "integer", "format": "int64"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": f"at most this many messages (default {search.DEFAULT_LIMIT})",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": search.MAX_LIMIT},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "only messages with a smaller id",
+                        "schema": id_schema(),
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The matching messages, newest first.",
+                        "content": json_content({"type": "array", "items": ref("Message")}),
+                    },
+                    "400": response("BadRequest"),
+                    "401": response("Unauthorized"),
+                    "404": response("NotFound"),
+                },
+            }
+        },
         "/chats/ws": {
             "get": {
                 "tags": ["realtime"],
@@ -582,6 +636,7 @@ def document(config: Config) -> dict[str, Any]:
             {"name": "chats", "description": "Chats and their history"},
             {"name": "realtime", "description": "The websocket"},
             {"name": "teams", "description": "Members, roles, read markers and invite codes"},
+            {"name": "search", "description": "Messages by their words"},
             {"name": "service", "description": "Health, metrics and this document"},
         ],
         "security": [{"bearerAuth": []}],

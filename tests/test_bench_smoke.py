@@ -96,3 +96,13 @@ async def test_the_chat_list_with_unread_counts_against_the_list_without():
     (row,) = outcome.rows
     assert row.ours > 0 and row.baseline > 0 and row.ratio == row.ours / row.baseline
     assert len(outcome.raw["counted_ms"]) == len(outcome.raw["plain_ms"]) > 0
+
+
+async def test_search_against_the_sqlite3_command_line():
+    from bench import search
+
+    outcome = await search.run(quick=True)
+    timed, ingest = outcome.rows
+    assert timed.ours > 0 and timed.baseline > 0 and timed.ratio == timed.ours / timed.baseline
+    assert len(outcome.raw["sqlite3_ms"]) == len(outcome.raw["server_ms"]) > 0
+    assert ingest.ours > 0 and ingest.baseline > 0

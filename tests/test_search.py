@@ -7,11 +7,23 @@ runs: a new text, a text removed, a row deleted): the index must follow each at 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
-from conftest import assert_error, connect, create_chat, next_frame, run_sql
+from conftest import (
+    assert_error,
+    chatapi_process,
+    connect,
+    create_chat,
+    next_frame,
+    readme_block,
+    run_sql,
+)
 
 from chatapi import create_app, db, postgres, sqlite
+from chatapi.client import ChatClient
 
 
 async def post(ws, chat_id, text) -> dict:
@@ -262,3 +274,32 @@ def _sqlite_script(path, script):
 
     with sqlite3.connect(path) as conn:
         conn.executescript(script)
+
+
+# The README's Search section, run as written against a real server process
+
+
+async def test_the_readme_search_section_runs_as_written(tmp_path, database):
+    async with chatapi_process(tmp_path, database=database) as (url, _):
+        async with ChatClient(url) as api:
+            await api.register("alice@example.com", "alice", "correct horse")
+            chat = await api.create_chat("general")
+            async with api.connect() as session:
+                hello = await session.send(chat["id"], "hello, world")
+                await session.send(chat["id"], "hello again")
+        address = url.removeprefix("http://")
+        sh_block = readme_block("Search", "sh").replace("localhost:8080", address)
+        done = await asyncio.to_thread(
+            subprocess.run, ["bash", "-c", sh_block], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        first, end = json.JSONDecoder().raw_decode(done.stdout)
+        second = json.loads(done.stdout[end:])
+        assert [m["id"] for m in first] == [hello["id"]]
+        assert [m["text"] for m in second] == ["hello again", "hello, world"]
+        python_block = readme_block("Search", "python").replace("localhost:8080", address)
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", python_block], capture_output=True, text=True,
+            timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            f"{hello['id'] + 1} {chat['id']} hello again", f"{hello['id']} {chat['id']} hello, world"]
