@@ -1,4 +1,4 @@
-"""Scenario 8: one-word search over 1,000,000 messages, and what the index costs ingest.
+"""Scenario 9: one-word search over 1,000,000 messages, and what the index costs ingest.
 
 The database is built directly with sqlite3 (the server's schema, so the FTS5 index is
 filled by its triggers): 100 chats, the first 50 public, the others private with user 1
@@ -7,8 +7,8 @@ holds eight words of a 20,000-word vocabulary; the searched word stands in 1 % o
 (10,000 matches, 2,500 of them in chats user 1 may not read).
 
 Search: `GET /search?q=WORD` (the newest 50) on one keep-alive connection, against the
-same statement the server runs (same FTS5 query, same read rule, same JSON objects)
-run by the `sqlite3` command line on the server's core, each statement timed by its
+statement the server runs (chatapi.sqlite.search_statement, its parameters set with
+`.parameter set`) run by the `sqlite3` command line on the server's core, each statement timed by its
 `.timer` (CPU; its wall figure has only millisecond resolution). Medians of
 alternating rounds.
 
@@ -27,7 +27,8 @@ import time
 
 import aiohttp
 
-from chatapi import db
+from chatapi import db, sqlite
+from chatapi.db import MAX_ID
 
 from .common import (
     SERVER_CORE,
@@ -49,22 +50,6 @@ WORD = "cobalt"
 RARE = "zircon"  # in 0.01 % of the messages
 PAGE = 50
 VOCABULARY = 20_000
-
-# The server's statement (chatapi/sqlite.py: search_messages) with its parameters.
-SEARCH_SQL = """SELECT m.id AS id, CASE WHEN m.nonce IS NULL
-    THEN json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
-                     'username', u.username, 'text', m.text, 'created_at', m.created_at)
-    ELSE json_object('id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id,
-                     'username', u.username, 'text', m.text, 'nonce', m.nonce,
-                     'created_at', m.created_at)
-    END AS json FROM messages_fts
-    JOIN messages m ON m.id = messages_fts.rowid
-    JOIN users u ON u.id = m.owner_id
-    WHERE messages_fts MATCH '"{word}"*' AND messages_fts.rowid < 9223372036854775807
-      AND m.chat_id IN (SELECT id FROM chats WHERE kind = 'public'
-                        UNION ALL SELECT chat_id FROM members WHERE user_id = {user})
-    ORDER BY messages_fts.rowid DESC LIMIT {limit};"""
-
 
 def vocabulary(size: int) -> list[str]:
     rng = random.Random(1)
@@ -128,6 +113,18 @@ async def search_times(http: aiohttp.ClientSession, url: str, word: str, rounds:
     return times
 
 
+def cli_script(word: str) -> tuple[str, str]:
+    """(setup, statement): the server's own search statement and its parameters, for the
+    sqlite3 command line (`.parameter set`)."""
+    values = {":query": sqlite.fts_query([word]), ":before": MAX_ID, ":limit": PAGE,
+              ":user": READER}
+    setup = "".join(
+        f".parameter set {name} " + (f"""'{value.replace("'", "''")}'""" if isinstance(value, str) else f"{value}") + "\n"
+        for name, value in values.items()
+    )
+    return setup, " ".join(sqlite.search_statement(in_chat=False).split()) + ";\n"
+
+
 def sqlite3_times(path: str, word: str, statements: int) -> list[float]:
     """Milliseconds of each of `statements` runs of the statement in one sqlite3 command
     line process on the server's core: the CPU its `.timer` reports (user + sys; its wall
@@ -135,22 +132,24 @@ def sqlite3_times(path: str, word: str, statements: int) -> list[float]:
     exe = shutil.which("sqlite3")
     if exe is None:
         raise RuntimeError("the sqlite3 command line is missing: apt-get install sqlite3")
-    statement = SEARCH_SQL.format(word=word, user=READER, limit=PAGE)
-    script = ".timer on\n" + (".once /dev/null\n" + statement + "\n") * statements
+    setup, statement = cli_script(word)
+    script = setup + ".timer on\n" + (".once /dev/null\n" + statement) * statements
     done = subprocess.run(["taskset", "-c", str(SERVER_CORE), exe, path], input=script.encode(),
                           check=True, capture_output=True)
     times = [float(user) + float(system) for user, system in
              TIMER.findall(done.stdout.decode() + done.stderr.decode())]
     if len(times) != statements:
-        raise RuntimeError(f"sqlite3 timed {len(times)} statements, not {statements}")
+        raise RuntimeError(f"sqlite3 timed {len(times)} statements, not {statements}: "
+                           f"{done.stderr.decode()[:300]}")
     return [1000 * t for t in times]
 
 
 def check_sqlite3_rows(path: str, word: str, expected: int) -> None:
-    done = subprocess.run(["sqlite3", path, SEARCH_SQL.format(word=word, user=READER, limit=PAGE)],
+    setup, statement = cli_script(word)
+    done = subprocess.run(["sqlite3", path], input=(setup + statement).encode(),
                           capture_output=True, check=True)
     if done.stdout.count(b'"id":') != expected:
-        raise RuntimeError("sqlite3 found another number of messages")
+        raise RuntimeError(f"sqlite3 found another number of messages: {done.stderr[:300]!r}")
 
 
 def ingest_cpu(directory, count: int, batch: int = 100) -> dict[str, float]:
@@ -215,7 +214,7 @@ async def run(quick: bool = False) -> Outcome:
     print(f"  search: {mine:.2f} ms (server CPU {cpu:.2f} ms, waiting for a core {waited:.2f} ms), "
           f"sqlite3 {cli:.2f} ms; rare word {rare:.2f} ms vs {rare_cli:.2f} ms; "
           f"ingest +{added:.1f} µs CPU/message", flush=True)
-    scenario = f"8. search, one word in 1 %, {messages:,} messages"
+    scenario = f"9. search, one word in 1 %, {messages:,} messages"
     out.rows.append(Row(
         scenario, "median GET /search time (newest 50)",
         mine, cli, mine / cli, "≤ 2×", mine / cli <= 2, unit="ms", sensitive=True,
@@ -230,7 +229,7 @@ async def run(quick: bool = False) -> Outcome:
     ))
     ingest_us = out.raw["ingest_us"]
     out.rows.append(Row(
-        "8. search index, ingest", "CPU per stored message (batches of 100)",
+        "9. search index, ingest", "CPU per stored message (batches of 100)",
         ingest_us["with index"], ingest_us["without index"],
         ingest_us["with index"] / ingest_us["without index"], "—", None, unit="µs",
         baseline_name="the same inserts without the index's triggers",

@@ -217,18 +217,10 @@ class SQLiteDatabase(Database):
     async def search_messages(
         self, user_id: int, terms: Sequence[str], chat_id: int | None, before: int, limit: int
     ) -> list[str]:
-        # Every term a quoted FTS5 string (its quotes doubled), the last one a
-        # prefix: no input is FTS5 syntax, so none can fail to parse.
-        query = " ".join('"' + term.replace('"', '""') + '"' for term in terms) + "*"
-        readable = "m.chat_id = :chat" if chat_id is not None else _READABLE_CHATS
         rows = await self.read(
-            f"""SELECT {_MESSAGE_JSON} FROM messages_fts
-                JOIN messages m ON m.id = messages_fts.rowid
-                JOIN users u ON u.id = m.owner_id
-                WHERE messages_fts MATCH :query AND messages_fts.rowid < :before
-                  AND {readable}
-                ORDER BY messages_fts.rowid DESC LIMIT :limit""",
-            {"query": query, "before": before, "limit": limit, "chat": chat_id, "user": user_id},
+            search_statement(in_chat=chat_id is not None),
+            {"query": fts_query(terms), "before": before, "limit": limit, "chat": chat_id,
+             "user": user_id},
         )
         return [row[1] for row in rows]
 
@@ -512,6 +504,24 @@ _MESSAGE_JSON = """m.id AS id, CASE WHEN m.nonce IS NULL
 # The chats a user may read: public ones and those they are a member of.
 _READABLE_CHATS = """m.chat_id IN (SELECT id FROM chats WHERE kind = 'public'
                                 UNION ALL SELECT chat_id FROM members WHERE user_id = :user)"""
+
+
+def fts_query(terms: Sequence[str]) -> str:
+    """The FTS5 query of search terms: every term a quoted string (its quotes doubled),
+    the last one a prefix. No input is FTS5 syntax, so none can fail to parse."""
+    return " ".join('"' + term.replace('"', '""') + '"' for term in terms) + "*"
+
+
+def search_statement(in_chat: bool) -> str:
+    """The search statement (parameters :query, :before, :limit, and :chat when `in_chat`,
+    else :user); the benchmark runs it in the sqlite3 command line too."""
+    readable = "m.chat_id = :chat" if in_chat else _READABLE_CHATS
+    return f"""SELECT {_MESSAGE_JSON} FROM messages_fts
+               JOIN messages m ON m.id = messages_fts.rowid
+               JOIN users u ON u.id = m.owner_id
+               WHERE messages_fts MATCH :query AND messages_fts.rowid < :before
+                 AND {readable}
+               ORDER BY messages_fts.rowid DESC LIMIT :limit"""
 
 
 def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Stored]:
