@@ -39,6 +39,9 @@ SCHEMA_VERSION = 5
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
+# Applying the schema may migrate every message (version 5 computes each one's search
+# vector and builds its index: minutes for millions); a process starting meanwhile waits.
+MIGRATION_TIMEOUT = 3600.0
 IDLE_IN_TRANSACTION = "30s"  # PostgreSQL ends a session left this long inside a transaction
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
 CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
@@ -904,7 +907,8 @@ async def _apply_schema(pool: asyncpg.Pool) -> str:
         # Two processes starting at once on an empty database would race to
         # create the same tables: one waits here for the other.
         await conn.execute(
-            """SELECT pg_advisory_xact_lock(hashtext('chatapi schema ' || current_schema()))"""
+            """SELECT pg_advisory_xact_lock(hashtext('chatapi schema ' || current_schema()))""",
+            timeout=MIGRATION_TIMEOUT,
         )
         if await conn.fetchval("""SELECT to_regclass('settings') IS NOT NULL"""):
             version = await conn.fetchval(
@@ -914,7 +918,7 @@ async def _apply_schema(pool: asyncpg.Pool) -> str:
                 raise Unavailable(
                     f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
                 )
-        await conn.execute(schema_sql())
+        await conn.execute(schema_sql(), timeout=MIGRATION_TIMEOUT)
         return await conn.fetchval("""SELECT current_schema()""")
 
 
