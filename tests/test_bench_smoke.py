@@ -103,3 +103,13 @@ def test_the_shapes_benchmark_runs(capsys):
     assert shapes_bench.main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "| hand |" in out and "| own |" in out
+
+
+async def test_search_against_the_sqlite3_command_line():
+    from bench import search
+
+    outcome = await search.run(quick=True)
+    timed, cpu, ingest = outcome.rows
+    assert timed.ours > 0 and timed.baseline > 0 and timed.ratio == timed.ours / timed.baseline
+    assert len(outcome.raw["sqlite3_ms"]) == len(outcome.raw["server_ms"]) > 0
+    assert cpu.ours > 0 and ingest.ours > 0 and ingest.baseline > 0
