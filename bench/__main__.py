@@ -1,4 +1,4 @@
-"""`python -m bench [all|fanout|ingest|history|connections|login|unread ...]`.
+"""`python -m bench [all|fanout|ingest|history|connections|login|unread|search ...]`.
 
 The ChatAPI server (and each baseline server) runs pinned to core 0, this process
 (the load generator) to core 1. Results: printed, written to bench/results/latest.md
@@ -23,7 +23,7 @@ from .experiments import EXPERIMENTS
 from .launch import LOOPS
 from .report import render, update_benchmarks
 
-SCENARIOS = ("fanout", "ingest", "history", "connections", "login", "unread", "postgres")
+SCENARIOS = ("fanout", "ingest", "history", "connections", "login", "unread", "search", "postgres")
 # `all`: the SQLite scenarios; `postgres` needs a PostgreSQL server and is run by name.
 ALL = SCENARIOS[:-1]
 

@@ -16,7 +16,7 @@ from .db import REVOKED, Conflict, Database, Draft, LastOwner, NotFound, Stored
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 6
 T = TypeVar("T")
 
 
@@ -124,16 +124,20 @@ class SQLiteDatabase(Database):
             )
 
     async def set_password(self, email: str, password_hash: str) -> dict[str, Any]:
-        async with self.transaction() as conn, conn.execute(
-            f"""UPDATE users SET password_hash = ?, token_version = token_version + 1
-                    WHERE email = ?
-                    RETURNING {_USER_COLUMNS}""",
-            (password_hash, email),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"""UPDATE users SET password_hash = ?, token_version = token_version + 1
+                        WHERE email = ?
+                        RETURNING {_USER_COLUMNS}""",
+                (password_hash, email),
+            )
+            if rows:  # a password reset revokes the API tokens too
+                await conn.execute(
+                    """DELETE FROM api_tokens WHERE user_id = ?""", (rows[0]["id"],)
+                )
+        if not rows:
             raise NotFound(f"no user with email {email}")
-        return dict(row)
+        return dict(rows[0])
 
     async def set_online(self, user_id: int, online: bool) -> None:
         async with self.transaction() as conn:
@@ -213,6 +217,16 @@ class SQLiteDatabase(Database):
                 (chat_id, after, before, limit),
             )
         return [(row[0], row[1]) for row in rows] if as_json else [dict(row) for row in rows]
+
+    async def search_messages(
+        self, user_id: int, terms: Sequence[str], chat_id: int | None, before: int, limit: int
+    ) -> list[str]:
+        rows = await self.read(
+            search_statement(in_chat=chat_id is not None),
+            {"query": fts_query(terms), "before": before, "limit": limit, "chat": chat_id,
+             "user": user_id},
+        )
+        return [row[1] for row in rows]
 
     async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]:
         async with self.transaction():
@@ -476,7 +490,64 @@ class SQLiteDatabase(Database):
             raise Conflict("email" if "users.email" in str(exc) else "username") from None
         return dict(row)
 
+    # API tokens
 
+    async def create_api_token(
+        self, user_id: int, name: str, token_hash: str, cap: int
+    ) -> dict[str, Any] | None:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"""INSERT INTO api_tokens (user_id, name, hash)
+                        SELECT ?1, ?2, ?3
+                        WHERE (SELECT count(*) FROM api_tokens WHERE user_id = ?1) < ?4
+                        RETURNING {_API_TOKEN_COLUMNS}""",
+                (user_id, name, token_hash, cap),
+            )
+        return dict(rows[0]) if rows else None
+
+    async def api_tokens_of(self, user_id: int) -> list[dict[str, Any]]:
+        rows = await self.read(
+            f"""SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE user_id = ? ORDER BY id""",
+            (user_id,),
+        )
+        return [dict(row) for row in rows]
+
+    async def delete_api_token(self, user_id: int, token_id: int) -> bool:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                """DELETE FROM api_tokens WHERE id = ? AND user_id = ? RETURNING id""",
+                (token_id, user_id),
+            )
+        return bool(rows)
+
+    async def user_by_api_token(self, token_hash: str) -> dict[str, Any] | None:
+        rows = await self.read(
+            f"""SELECT {_USER_COLUMNS}, t.api_token_id, t.api_token_used_at
+                    FROM (SELECT id AS api_token_id, user_id AS token_user,
+                                 last_used_at AS api_token_used_at
+                              FROM api_tokens WHERE hash = ?) t
+                    JOIN users ON users.id = t.token_user""",
+            (token_hash,),
+        )
+        return dict(rows[0]) if rows else None
+
+    async def touch_api_token(self, token_id: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                """UPDATE api_tokens SET last_used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                   WHERE id = ?""",
+                (token_id,),
+            )
+
+    async def live_api_tokens(self, token_ids: Sequence[int]) -> set[int]:
+        rows = await self.read(
+            """SELECT id FROM api_tokens WHERE id IN (SELECT value FROM json_each(?))""",
+            (f"[{','.join(str(int(i)) for i in token_ids)}]",),
+        )
+        return {row[0] for row in rows}
+
+
+_API_TOKEN_COLUMNS = "id, name, created_at, last_used_at"
 _USER_COLUMNS = """id, email, username, password_hash, token_version, is_online, created_at,
     EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
@@ -491,6 +562,28 @@ _MESSAGE_JSON = """m.id AS id, CASE WHEN m.nonce IS NULL
                      'created_at', m.created_at)
     END AS json"""
 
+# The chats a user may read: public ones and those they are a member of.
+_READABLE_CHATS = """m.chat_id IN (SELECT id FROM chats WHERE kind = 'public'
+                                UNION ALL SELECT chat_id FROM members WHERE user_id = :user)"""
+
+
+def fts_query(terms: Sequence[str]) -> str:
+    """The FTS5 query of search terms: every term a quoted string (its quotes doubled),
+    the last one a prefix. No input is FTS5 syntax, so none can fail to parse."""
+    return " ".join('"' + term.replace('"', '""') + '"' for term in terms) + "*"
+
+
+def search_statement(in_chat: bool) -> str:
+    """The search statement (parameters :query, :before, :limit, and :chat when `in_chat`,
+    else :user); the benchmark runs it in the sqlite3 command line too."""
+    readable = "m.chat_id = :chat" if in_chat else _READABLE_CHATS
+    return f"""SELECT {_MESSAGE_JSON} FROM messages_fts
+               JOIN messages m ON m.id = messages_fts.rowid
+               JOIN users u ON u.id = m.owner_id
+               WHERE messages_fts MATCH :query AND messages_fts.rowid < :before
+                 AND {readable}
+               ORDER BY messages_fts.rowid DESC LIMIT :limit"""
+
 
 def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Stored]:
     results = []
@@ -501,11 +594,14 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
             rows = conn.execute(
                 """INSERT INTO messages (chat_id, owner_id, text, nonce)
                    SELECT ?1, ?2, ?3, ?4
-                   WHERE ?5 IS NULL OR EXISTS (
-                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
+                   WHERE (?5 IS NULL OR EXISTS (
+                             SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5))
+                     AND (?6 IS NULL OR EXISTS (
+                             SELECT 1 FROM api_tokens WHERE id = ?6 AND user_id = ?2))
                    ON CONFLICT DO NOTHING
                    RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
+                 draft.api_token_id),
             ).fetchall()
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
@@ -519,7 +615,7 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         if rows:
             results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
             continue
-        if draft.token_version is not None and not _still_valid(conn, draft):
+        if not _still_valid(conn, draft):
             results.append(Stored(None, error=REVOKED))
             continue
         (original,) = conn.execute(
@@ -539,11 +635,18 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
 
 
 def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
-    rows = conn.execute(
-        """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
-        (draft.owner_id, draft.token_version),
-    ).fetchall()
-    return bool(rows)
+    """Whether the token the draft was sent with is still valid (True without one)."""
+    if draft.token_version is not None:
+        return bool(conn.execute(
+            """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
+            (draft.owner_id, draft.token_version),
+        ).fetchall())
+    if draft.api_token_id is not None:
+        return bool(conn.execute(
+            """SELECT 1 FROM api_tokens WHERE id = ? AND user_id = ?""",
+            (draft.api_token_id, draft.owner_id),
+        ).fetchall())
+    return True
 
 
 def schema_sql() -> str:
@@ -579,6 +682,7 @@ async def open_database(path: str) -> SQLiteDatabase:
             )
         await writer.executescript(schema_sql())
         await _migrate(writer, version)
+        await _build_search_index(writer)
         await writer.commit()
         # An in-memory database exists only on its one connection.
         reader = writer if path == ":memory:" else await _connect(path)
@@ -617,3 +721,21 @@ async def _last_owner(conn: aiosqlite.Connection, chat_id: int, user_id: int) ->
         (user_id, chat_id),
     )
     return rows[0][0] == 1 and rows[0][1] == 1
+
+
+async def _build_search_index(conn: aiosqlite.Connection) -> None:
+    """Index the messages a database held before it had a search index (once).
+
+    The settings row is written in the transaction that builds the index: a
+    start cut short before its commit builds it again on the next.
+    """
+    built = await conn.execute_fetchall(
+        """SELECT 1 FROM settings WHERE key = 'search_index'"""
+    )
+    if not built:
+        log.info("building the search index of the stored messages (once; about 15 s of "
+                 "CPU per million messages)")
+        await conn.execute("""INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')""")
+        await conn.execute(
+            """INSERT INTO settings (key, value) VALUES ('search_index', 'built')"""
+        )

@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, fanout, ingest
+from bench import shapes as shapes_bench
 from bench.common import baseline_server, chatapi_server, commit_floor, temp_dir
 from bench.common import create_database as bench_database
 from bench.experiments import EXPERIMENTS
@@ -134,3 +135,19 @@ async def test_postgres_against_the_same_baselines_in_1_and_2_processes(monkeypa
     left = in_thread(run_sql(POSTGRES_URL, "SELECT count(*) FROM pg_namespace WHERE nspname "
                                            f"LIKE 'bench{os.getpid()}\\_%'"))
     assert left == [(0,)], left  # the schemas of the run were dropped
+
+
+def test_the_shapes_benchmark_runs(capsys):
+    assert shapes_bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| hand |" in out and "| own |" in out
+
+
+async def test_search_against_the_sqlite3_command_line():
+    from bench import search
+
+    outcome = await search.run(quick=True)
+    timed, cpu, ingest = outcome.rows
+    assert timed.ours > 0 and timed.baseline > 0 and timed.ratio == timed.ours / timed.baseline
+    assert len(outcome.raw["sqlite3_ms"]) == len(outcome.raw["server_ms"]) > 0
+    assert cpu.ours > 0 and ingest.ours > 0 and ingest.baseline > 0

@@ -477,9 +477,10 @@ async def test_two_processes_started_at_once_on_an_empty_database_both_serve(clu
         )
     finally:
         await conn.close()
-    # Version 2: users, chats, messages, settings, nodes, presence, login_failures, and
-    # the Teams tables admins, members, direct_pairs, invites.
-    assert alice["username"] == "alice" and version == "2" and tables == 11
+    # Version 6: users, chats, messages, settings, nodes, presence, login_failures,
+    # the Teams tables admins, members, direct_pairs, invites, and api_tokens (search,
+    # version 5, adds a column to messages).
+    assert alice["username"] == "alice" and version == "6" and tables == 12
 
 
 # Shared limits
