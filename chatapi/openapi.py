@@ -19,6 +19,7 @@ from . import (
     openapi_teams,
     openapi_tokens,
     realtime,
+    search,
     teams,
     users,
 )
@@ -314,6 +315,28 @@ def paths(config: Config) -> dict[str, Schema]:
                 },
             }
         },
+        "/search": {
+            "get": {
+                "tags": ["search"],
+                "operationId": "searchMessages",
+                "summary": "Messages containing every word of q, newest first",
+                "description": "From the chats the caller may read only (public ones, and "
+                "private or direct ones the caller is a member of). Case and diacritics are "
+                "ignored; the last word also matches as a prefix; nothing in q is query "
+                "syntax. A changed text is found by its new words at once; a removed text "
+                "never matches. Page with `before` = the id of the last message of a page.",
+                "parameters": search.SEARCH.parameters("query"),
+                "responses": {
+                    "200": {
+                        "description": "The matching messages, newest first.",
+                        "content": json_content({"type": "array", "items": ref("Message")}),
+                    },
+                    "400": response("BadRequest"),
+                    "401": response("Unauthorized"),
+                    "404": response("NotFound"),
+                },
+            }
+        },
         "/chats/ws": {
             "get": {
                 "tags": ["realtime"],
@@ -433,6 +456,7 @@ def document(config: Config) -> dict[str, Any]:
             {"name": "realtime", "description": "The websocket"},
             {"name": "teams", "description": "Members, roles, read markers and invite codes"},
             {"name": "messages", "description": "Posting over HTTP; edits, deletes, reactions"},
+            {"name": "search", "description": "Messages by their words"},
             {"name": "service", "description": "Health, metrics and this document"},
         ],
         "security": [{"bearerAuth": []}],
