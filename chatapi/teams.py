@@ -22,7 +22,7 @@ from .validation import NUL, ApiError, invalid, is_int, json_object, string_fiel
 
 KINDS = ("public", "private", "direct")
 ROLES = ("owner", "member")
-UNREAD_CAP = 999  # counts stop here (flagged): a chat list costs a bounded range per chat
+UNREAD_CAP = 999  # counts are exact; a list shows at most this many, flagged (a badge's "999+")
 MAX_MEMBERS_AT_CREATION = 100
 MAX_INVITE_USES = 1000
 MAX_INVITE_SECONDS = 365 * 86400
@@ -81,7 +81,7 @@ def listed_chat_json(row: dict[str, Any]) -> dict[str, Any]:
         body["role"] = row["role"]
         body["last_read_id"] = row["last_read_id"]
         body["unread"] = min(row["unread"], UNREAD_CAP)
-        body["unread_capped"] = row["counted"] > UNREAD_CAP
+        body["unread_capped"] = row["unread"] > UNREAD_CAP
     if row["kind"] == "direct" and row["other_id"] is not None:
         body["other_user"] = {"id": row["other_id"], "username": row["other_username"]}
     return body
@@ -194,7 +194,7 @@ async def _direct_chat(request: web.Request, body: dict[str, Any], user: dict[st
 
 async def list_chats(request: web.Request) -> web.Response:
     """GET /chats/: public chats and the caller's own, with membership and unread counts."""
-    rows = await db.chats_of(request.app[DB], request[USER]["id"], UNREAD_CAP)
+    rows = await db.chats_of(request.app[DB], request[USER]["id"])
     return web.json_response([listed_chat_json(row) for row in rows])
 
 

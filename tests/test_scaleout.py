@@ -444,9 +444,10 @@ async def test_two_processes_started_at_once_on_an_empty_database_both_serve(clu
         )
     finally:
         await conn.close()
-    # Version 2: users, chats, messages, settings, nodes, presence, login_failures, and
-    # the Teams tables admins, members, direct_pairs, invites.
-    assert alice["username"] == "alice" and version == "2" and tables == 11
+    # Version 3: users, chats, messages, settings, nodes, presence, login_failures, the
+    # Teams tables admins, members, direct_pairs, invites, and the unread counts'
+    # chat_counts, sender_counts.
+    assert alice["username"] == "alice" and version == "3" and tables == 13
 
 
 # Shared limits
