@@ -77,8 +77,8 @@ def schemas(config: Config) -> dict[str, Schema]:
                 },
                 "unread_capped": {
                     "type": "boolean",
-                    "description": f"members only: more than {UNREAD_CAP} messages (from "
-                    f"anyone) follow the marker; show {UNREAD_CAP}+",
+                    "description": f"members only: more than {UNREAD_CAP} unread messages "
+                    f"(the count is exact; `unread` shows at most {UNREAD_CAP}); show {UNREAD_CAP}+",
                 },
                 "other_user": {
                     "type": "object",
