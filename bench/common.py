@@ -343,12 +343,13 @@ POSTGRES_URL = os.environ.get(
 
 
 @contextlib.asynccontextmanager
-async def postgres_database(users: int, chats: int) -> AsyncIterator[str]:
+async def postgres_database(users: int, chats: int, schema_suffix: str = "") -> AsyncIterator[str]:
     """A fresh schema of the PostgreSQL database at CHATAPI_BENCH_POSTGRES_URL with the
-    server's schema, `users` users (user1..) and `chats` chats; its URL. Dropped after."""
+    server's schema, `users` users (user1..) and `chats` chats; its URL. Dropped after.
+    Two at once need different suffixes."""
     import asyncpg
 
-    schema = f"bench{os.getpid()}"
+    schema = f"bench{os.getpid()}{schema_suffix}"
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
