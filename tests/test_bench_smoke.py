@@ -96,3 +96,14 @@ async def test_the_chat_list_with_unread_counts_against_the_list_without():
     (row,) = outcome.rows
     assert row.ours > 0 and row.baseline > 0 and row.ratio == row.ours / row.baseline
     assert len(outcome.raw["counted_ms"]) == len(outcome.raw["plain_ms"]) > 0
+
+
+async def test_the_trigger_cost_on_sqlite(capsys):
+    from bench import trigger_cost
+
+    await trigger_cost.main(postgres=False, batches=3)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "SQLite, batches of 1", "SQLite, batches of 64",
+        "SQLite in memory, batches of 1", "SQLite in memory, batches of 64",
+    ]
