@@ -625,6 +625,7 @@ _FILL_COUNTS = (
            WHERE x.chat_id = members.chat_id AND x.id <= members.last_read_id
              AND x.owner_id != members.user_id)""",
 )
+
 _CHAT_COLUMNS = "c.id, c.name, c.owner_id, c.created_at, c.kind"
 
 # The marker moves forward only, never past the chat's newest message; others_read
