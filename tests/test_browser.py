@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import in_thread, run_sql
 from websockets.sync.client import connect as ws_connect
 
 from chatapi.testing import ChatServer
@@ -339,8 +338,9 @@ FILLER = [
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 
 
-def seed_conversation(db_path: str, chat_id: int, ids: dict[str, int], total: int) -> int:
-    """Insert `total` messages straight into the database, spread over five days up to now.
+def seed_conversation(database: str, chat_id: int, ids: dict[str, int], total: int) -> int:
+    """Insert `total` messages straight into the database (either backend), spread over five
+    days up to now.
 
     Ends with CONVERSATION; returns the number of distinct days (UTC, as the page shows them).
     """
@@ -364,10 +364,10 @@ def seed_conversation(db_path: str, chat_id: int, ids: dict[str, int], total: in
         (chat_id, ids[name], text, stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z")
         for (name, text), stamp in zip(lines, stamps, strict=True)
     ]
-    with closing(sqlite3.connect(db_path, timeout=30)) as conn, conn:
-        conn.executemany(
-            "INSERT INTO messages (chat_id, owner_id, text, created_at) VALUES (?, ?, ?, ?)", rows
-        )
+    in_thread(run_sql(
+        database, "INSERT INTO messages (chat_id, owner_id, text, created_at) VALUES (?, ?, ?, ?)",
+        many=rows,
+    ))
     return len({stamp.date() for stamp in stamps})
 
 
@@ -407,10 +407,9 @@ def assert_app_shell(page) -> None:
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_a_long_chat_opens_at_the_newest_message_and_stays_usable(browser, tmp_path, size):
+def test_a_long_chat_opens_at_the_newest_message_and_stays_usable(browser, database, size):
     width, height = SIZES[size]
-    db_path = str(tmp_path / "web.db")
-    with ChatServer(db_path=db_path, bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000) as server:
+    with ChatServer(db_path=database, bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000) as server:
         bob, dana = register_api(server.url, "bob"), register_api(server.url, "dana")
         chat = api(server.url, "POST", "/chats/create", {"name": "Weekend trip"}, token=bob["token"])
 
@@ -420,7 +419,7 @@ def test_a_long_chat_opens_at_the_newest_message_and_stays_usable(browser, tmp_p
                                  "localStorage.getItem('chatapi.token')}}).then(r => r.json())")["id"]
         total = 260
         days = seed_conversation(
-            db_path, chat["id"], {"bob": bob["id"], "dana": dana["id"], "alice": alice_id}, total
+            database, chat["id"], {"bob": bob["id"], "dana": dana["id"], "alice": alice_id}, total
         )
         assert days >= 4
 

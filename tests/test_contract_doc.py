@@ -97,3 +97,36 @@ def test_the_license_is_the_one_setup_cfg_declares():
     assert license_text.startswith("MIT License\n")
     assert "ChatAPI contributors" in license_text
     assert 'THE SOFTWARE IS PROVIDED "AS IS"' in license_text
+
+
+# `tests/file.py::name`, or `::name` for another test of the file named last.
+TEST_REFERENCE = re.compile(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`")
+
+
+def named_tests(text: str) -> list[tuple[str, str | None]]:
+    """(file, test name or None) of every test reference in `text`, in order."""
+    named, current = [], None
+    for match in TEST_REFERENCE.finditer(text):
+        path, name = match.groups()
+        current = path or current
+        if current is not None and (path or name):
+            named.append((current, name))
+    return named
+
+
+def test_every_test_the_documents_name_exists():
+    """SECURITY.md maps promises to tests, README and BENCHMARKS.md cite tests: a renamed or
+    removed test must not leave a promise pointing at nothing."""
+    missing = []
+    for document in ("SECURITY.md", "README.md", "BENCHMARKS.md", "docs/API.md"):
+        references = named_tests((ROOT / document).read_text())
+        assert references or document != "SECURITY.md"
+        for path, name in references:
+            source = ROOT / path
+            if not source.is_file():
+                missing.append(f"{document}: {path}")
+            elif name and not re.search(
+                rf"^(async )?def {name}\(", source.read_text(), re.MULTILINE
+            ):
+                missing.append(f"{document}: {path}::{name}")
+    assert not missing, missing

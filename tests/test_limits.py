@@ -7,7 +7,7 @@ import json
 
 import aiohttp
 import pytest
-from conftest import connect, create_chat, next_frame, run_sql
+from conftest import chatapi_process, connect, create_chat, next_frame, run_sql
 
 from chatapi import create_app
 from chatapi.testing import ChatServer
@@ -141,3 +141,27 @@ async def test_a_body_that_never_finishes_gets_408(aiohttp_client, config):
     assert json.loads(body) == {"error": "request body did not arrive in time"}
     writer.close()
     await writer.wait_closed()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tmp_path, database):
+    # As the attacking client did: one complete request, then the connection kept open
+    # and silent (aiohttp's own default keeps it for an hour). The production runner.
+    idle = 1.0
+    async with chatapi_process(tmp_path, database=database, CHATAPI_IDLE_TIMEOUT=str(idle)) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        loop = asyncio.get_running_loop()
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            assert json.loads(await reader.readexactly(length)) == {"status": "ok"}
+            answered = loop.time()
+            # Kept open after the answer (HTTP/1.1), then closed by the server, not by us.
+            assert await asyncio.wait_for(reader.read(), idle * 10) == b""
+            assert idle * 0.5 <= loop.time() - answered <= idle * 5
+        finally:
+            writer.close()
+            await writer.wait_closed()

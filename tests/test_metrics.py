@@ -57,7 +57,8 @@ async def test_metrics_need_no_token(client):
     assert "chatapi_connected_sockets" in await resp.text()
 
 
-async def test_messages_stored_and_frames_delivered_follow_the_traffic(client, register):
+async def three_messages_to_a_subscriber(client, register) -> None:
+    """alice posts three messages to a chat bob joined; both sockets receive them."""
     alice, bob = await register(client, "alice"), await register(client, "bob")
     chat = await create_chat(client, alice)
     ws_a, ws_b = await connect(client, alice), await connect(client, bob)
@@ -70,6 +71,9 @@ async def test_messages_stored_and_frames_delivered_follow_the_traffic(client, r
         for _ in range(3):
             await next_frame(ws, "message")
 
+
+async def test_messages_stored_and_frames_delivered_follow_the_traffic(client, register):
+    await three_messages_to_a_subscriber(client, register)
     samples = await scrape(client)
     assert value(samples, "chatapi_messages_stored_total") == 3
     # Two subscribed sockets (the sender and bob) times three messages.
@@ -241,3 +245,22 @@ async def test_a_socket_closed_for_another_reason_is_not_counted():
     await conn.closed()
 
     assert dropped(metrics) == 0
+
+
+async def test_bus_metrics_follow_the_traffic(client, register, backend):
+    """Listener reconnects, doorbell-to-delivery lag and pool use (the PostgreSQL bus);
+    present on SQLite too, where nothing rings and no pool exists."""
+    await three_messages_to_a_subscriber(client, register)
+    samples = await scrape(client)
+    lag_count = value(samples, "chatapi_bus_delivery_lag_seconds_count")
+    lag_sum = value(samples, "chatapi_bus_delivery_lag_seconds_sum")
+    assert value(samples, "chatapi_bus_listener_reconnects_total") == 0
+    # Once the background work (presence, token checks) is done, every connection is back
+    # in the pool: none leaked. (On SQLite there is no pool: always 0.)
+    await eventually(client, "chatapi_db_pool_connections_in_use", 0)
+    if backend == "postgres":
+        # Each message was delivered through a doorbell (three, or fewer when batched).
+        assert lag_count is not None and 1 <= lag_count <= 3, samples
+        assert lag_sum is not None and 0 < lag_sum < 5 * lag_count
+    else:
+        assert (lag_count, lag_sum) == (0, 0)

@@ -344,9 +344,9 @@ def test_the_mask_check_follows_frames_split_anywhere():
         assert not check.feed(masked_text_frame(b"unmasked", masked=False))
 
 
-async def test_an_unmasked_client_frame_fails_the_connection_with_1002():
+async def test_an_unmasked_client_frame_fails_the_connection_with_1002(database):
     # The production runner (as `chatapi` serves), over a raw socket.
-    async with ChatServer(bcrypt_rounds=4) as server:
+    async with ChatServer(db_path=database, bcrypt_rounds=4) as server:
         reader, writer = await websocket_handshake(server.url, await token_for(server.url))
         writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
         assert (await read_frame(reader))[0] == 0x1  # masked: served
