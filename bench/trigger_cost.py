@@ -36,30 +36,36 @@ def drafts(size: int, n: int) -> list[Draft]:
 @contextlib.asynccontextmanager
 async def sqlite_pair() -> AsyncIterator[tuple[db.Database, db.Database]]:
     with temp_dir("bench-trigger-") as d:
-        opened = []
-        for name in ("counted", "plain"):
-            create_database(str(d / f"{name}.db"), users=USERS, chats=CHATS).close()
-            opened.append(await db.open_database(str(d / f"{name}.db")))
-        try:
-            async with opened[1].transaction() as conn:
-                await conn.execute("""DROP TRIGGER messages_counted""")
-            yield opened[0], opened[1]
-        finally:
-            for database in opened:
-                await database.close()
+        paths = [str(d / f"{name}.db") for name in ("counted", "plain")]
+        for path in paths:
+            create_database(path, users=USERS, chats=CHATS).close()
+        async with _sqlite_opened(paths, seeded=True) as pair:
+            yield pair
 
 
 @contextlib.asynccontextmanager
 async def memory_pair() -> AsyncIterator[tuple[db.Database, db.Database]]:
-    opened = [await db.open_database(":memory:") for _ in range(2)]
+    async with _sqlite_opened([":memory:", ":memory:"], seeded=False) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_opened(
+    paths: list[str], seeded: bool
+) -> AsyncIterator[tuple[db.Database, db.Database]]:
+    """Both SQLite databases open (given users and chats unless `seeded`), the second
+    without the trigger."""
+    opened = []
     try:
-        for database in opened:
-            await db.insert_seed(
-                database,
-                [(f"user{n}@example.com", f"user{n}", "x") for n in range(1, USERS + 1)],
-                [(f"chat {n}", 0) for n in range(1, CHATS + 1)],
-                [],
-            )
+        for path in paths:
+            opened.append(await db.open_database(path))
+            if not seeded:
+                await db.insert_seed(
+                    opened[-1],
+                    [(f"user{n}@example.com", f"user{n}", "x") for n in range(1, USERS + 1)],
+                    [(f"chat {n}", 0) for n in range(1, CHATS + 1)],
+                    [],
+                )
         async with opened[1].transaction() as conn:
             await conn.execute("""DROP TRIGGER messages_counted""")
         yield opened[0], opened[1]
