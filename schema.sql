@@ -107,3 +107,18 @@ BEGIN
 END;
 
 PRAGMA user_version = 3;
+
+-- API tokens (schema version 6): named, long-lived tokens for scripts and bots.
+-- Only the SHA-256 of a token is stored; the token itself is shown once.
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id           INTEGER PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name         TEXT    NOT NULL,
+    hash         TEXT    NOT NULL UNIQUE,            -- hex SHA-256 of the token
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    last_used_at TEXT                                -- updated at most once a minute
+);
+
+CREATE INDEX IF NOT EXISTS api_tokens_by_user ON api_tokens (user_id, id);
+
+PRAGMA user_version = 6;

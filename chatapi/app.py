@@ -11,12 +11,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import chats, db, openapi, realtime, teams, users
+from . import chats, db, openapi, realtime, teams, tokens, users
 from .auth import public
 from .bus import bus_for
 from .config import Config
 from .hub import Hub
-from .keys import BUS, CONFIG, DB, HUB, METRICS, SECRET, THROTTLE, WRITER
+from .keys import BUS, CONFIG, DB, HUB, METRICS, SECRET, THROTTLE, TYPISTS, WRITER
 from .metrics import Metrics
 from .middlewares import (
     auth_middleware,
@@ -26,6 +26,7 @@ from .middlewares import (
 )
 from .revocation import watch_revocations
 from .throttle import LoginThrottle, SharedLoginThrottle
+from .typists import Typists
 from .writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app[THROTTLE] = LoginThrottle(
         config.login_failures_per_account, config.login_failures_per_address, config.login_window
     )
+    app[TYPISTS] = Typists()
     if config.metrics:
         app[METRICS] = Metrics()
     app.cleanup_ctx.append(database_ctx)
@@ -154,6 +156,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/chats/messages", chats.chat_messages, allow_head=False)
     app.router.add_get("/chats/ws", realtime.chat_socket)
     teams.add_routes(app)
+    tokens.add_routes(app)
     app.router.add_get("/health", health)
     if config.metrics:
         app.router.add_get("/metrics", metrics_page)

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import typists
 from .hub import Hub
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ class Bus:
         """Tell every open socket of every process that a chat was created (after its commit)."""
         fields = ("id", "name", "owner_id", "created_at", "kind")
         self.broadcast({"type": "chat_created", "chat": {field: chat[field] for field in fields}})
+
+    def typing(self, event: dict[str, Any]) -> None:
+        """A typing indication (chatapi/typists.py) for the chat's subscribers on every
+        process."""
+        typists.deliver(self.hub, event)
 
     async def follow(self, chat_id: int) -> None:
         """Called when a socket subscribes: from here on, new messages of the chat reach it."""

@@ -10,6 +10,11 @@
 The session survives dropped connections and server restarts: it reconnects, joins
 its chats again with `since=<last id seen>` and drops what it has already delivered,
 so every message of a followed chat is seen exactly once.
+
+A script or bot passes an API token instead of logging in:
+
+    async with ChatClient("http://127.0.0.1:8080", token="chatapi_...") as api:
+        ...
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class ChatClient:
         self._http = session
         self._owns_http = session is None
         self._sessions: set[ChatSession] = set()
+        self._identified: tuple[str, int] | None = None  # (API token, its user's id)
 
     async def __aenter__(self) -> Self:
         return self
@@ -120,7 +126,10 @@ class ChatClient:
         return self.base_url + path
 
     def user_id(self) -> int | None:
-        """The id of the user the token belongs to (read from the token), or None."""
+        """The id of the user the token belongs to (read from a session token; for an
+        API token, known once `me()` answered), or None."""
+        if self._identified is not None and self._identified[0] == self.token:
+            return self._identified[1]
         try:
             payload = (self.token or "").split(".")[1]
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -168,13 +177,31 @@ class ChatClient:
         return answer
 
     async def logout(self) -> None:
-        """Revoke every token of this user (open sockets close with 4001) and forget ours."""
+        """Revoke every session token of this user (their open sockets close with 4001)
+        and forget ours. API tokens stay valid; an API token cannot log out (403)."""
         await self._request("POST", "/auth/logout")
         self.token = None
 
     async def me(self) -> dict[str, Any]:
         """The caller: {"id", "email", "username", "is_online"}."""
-        return await self._request("GET", "/users/me")
+        token = self.token
+        answer = await self._request("GET", "/users/me")
+        if token is not None:
+            self._identified = (token, answer["id"])
+        return answer
+
+    async def create_api_token(self, name: str) -> dict[str, Any]:
+        """A new API token (needs a session token): {"id", "name", "created_at",
+        "last_used_at", "token"}; the token is shown this once."""
+        return await self._request("POST", "/auth/tokens", body={"name": name})
+
+    async def api_tokens(self) -> list[dict[str, Any]]:
+        """The caller's API tokens, without their value (needs a session token)."""
+        return await self._request("GET", "/auth/tokens")
+
+    async def revoke_api_token(self, token_id: int) -> None:
+        """Revoke an API token: its sockets close with 4001 (needs a session token)."""
+        await self._request("DELETE", f"/auth/tokens/{token_id}")
 
     async def users(self) -> list[dict[str, Any]]:
         """Every user, ordered by id."""
@@ -314,6 +341,9 @@ class ChatSession:
         """Connect; raises ChatAPIError when refused, ChatConnectionError when unreachable."""
         if self._reader is not None or self._closed:
             raise ChatConnectionError("a session can be opened once")
+        if self._client.token and self._client.user_id() is None:
+            # An API token does not say whose it is: acknowledgements are matched by user.
+            await self._client.me()
         try:
             link = await self._open_link()
         except aiohttp.WSServerHandshakeError as exc:
@@ -416,6 +446,14 @@ class ChatSession:
     async def join(self, chat_id: int, since: int | None = None) -> None:
         """Follow a chat: messages after `since`, or from now on; a "joined" frame follows."""
         await self._follow(chat_id, since, self._deadline(), automatic=False)
+
+    async def typing(self, chat_id: int) -> None:
+        """Tell the chat's other subscribers that this user is typing. Call it on
+        keystrokes freely: the server passes at most one every few seconds and drops the
+        rest. No stop is needed (the indication expires; a message from the user ends it
+        on the other clients). Not resent after a reconnect."""
+        self._check_usable()
+        await self._send({"type": "typing", "chat_id": chat_id}, self._deadline())
 
     async def leave(self, chat_id: int) -> None:
         """Stop following a chat; a "left" frame follows."""

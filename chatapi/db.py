@@ -52,6 +52,9 @@ class Draft:
     # The token version the sending socket authenticated with: once the user's
     # tokens are revoked (logout, a password reset), the draft is not stored.
     token_version: int | None = None
+    # The API token the sending socket authenticated with: once it is revoked (or
+    # a password reset deletes it), the draft is not stored.
+    api_token_id: int | None = None
 
 
 REVOKED = "your tokens were revoked: log in again"
@@ -197,6 +200,28 @@ class Database(ABC):
     async def create_user_with_invite(
         self, email: str, username: str, password_hash: str, code: str, now: str
     ) -> dict[str, Any]: ...
+
+    # API tokens
+
+    @abstractmethod
+    async def create_api_token(
+        self, user_id: int, name: str, token_hash: str, cap: int
+    ) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def api_tokens_of(self, user_id: int) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def delete_api_token(self, user_id: int, token_id: int) -> bool: ...
+
+    @abstractmethod
+    async def user_by_api_token(self, token_hash: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def touch_api_token(self, token_id: int) -> None: ...
+
+    @abstractmethod
+    async def live_api_tokens(self, token_ids: Sequence[int]) -> set[int]: ...
 
     async def pages(
         self,
@@ -466,3 +491,43 @@ async def create_user_with_invite(
     """Spend one use of an invite code and insert the user, in one transaction;
     NotFound('invite') when the code is unusable, Conflict as create_user."""
     return await db.create_user_with_invite(email, username, password_hash, code, now)
+
+
+# API tokens: only a token's SHA-256 is stored (chatapi/tokens.py makes them)
+
+API_TOKEN_FIELDS = ("id", "name", "created_at", "last_used_at")
+
+
+async def create_api_token(
+    db: Database, user_id: int, name: str, token_hash: str, cap: int
+) -> dict[str, Any] | None:
+    """Store a token's hash for the user: {id, name, created_at, last_used_at}, or None
+    when the user already has `cap` tokens (checked in the inserting transaction)."""
+    return await db.create_api_token(user_id, name, token_hash, cap)
+
+
+async def api_tokens_of(db: Database, user_id: int) -> list[dict[str, Any]]:
+    """The user's API tokens by id, without their hash."""
+    return await db.api_tokens_of(user_id)
+
+
+async def delete_api_token(db: Database, user_id: int, token_id: int) -> bool:
+    """Revoke one of the user's tokens (every process closes its sockets); False if
+    the user has no token with this id."""
+    return await db.delete_api_token(user_id, token_id)
+
+
+async def user_by_api_token(db: Database, token_hash: str) -> dict[str, Any] | None:
+    """The user (as user_by_id) owning the token with this hash, with `api_token_id`
+    and `api_token_used_at`; None for an unknown or revoked token."""
+    return await db.user_by_api_token(token_hash)
+
+
+async def touch_api_token(db: Database, token_id: int) -> None:
+    """Record that the token was used now."""
+    await db.touch_api_token(token_id)
+
+
+async def live_api_tokens(db: Database, token_ids: Sequence[int]) -> set[int]:
+    """Those of `token_ids` that still exist."""
+    return await db.live_api_tokens(token_ids)

@@ -128,8 +128,12 @@ class Connection:
         self._high_water: int = limits()[1] if limits is not None else 0
         self.user_id: int = user["id"]
         self.username: str = user["username"]
-        # The version of the token the socket authenticated with (see Hub.close_revoked).
-        self.token_version: int = user["token_version"]
+        # The API token the socket authenticated with (None: a session token), or
+        # else the version of its session token (see Hub.close_revoked).
+        self.api_token_id: int | None = user.get("api_token_id")
+        self.token_version: int | None = (
+            user["token_version"] if self.api_token_id is None else None
+        )
         # chat id -> None when live, or the (message id, frame) buffered during a catch-up
         self.subscriptions: dict[int, list[tuple[int, str]] | None] = {}
         # chat id -> the last message id a catch-up sent: older ones are not sent again
@@ -380,39 +384,74 @@ class Hub:
         if subscribers and self._metrics is not None:
             self._metrics.frames_delivered.inc(len(subscribers))
 
+    def send_to_subscribers(self, chat_id: int, frame: str, but_user: int) -> None:
+        """An ephemeral frame (typing) for the chat's live subscribers except one user's."""
+        for conn in list(self._subscribers.get(chat_id, ())):
+            if conn.user_id != but_user and conn.subscriptions.get(chat_id, ()) is None:
+                conn.send(frame)
+
     # Closing
 
     def user_ids(self) -> list[int]:
         """The users with a socket open in this process."""
         return list(self._by_user)
 
+    def api_token_ids(self) -> list[int]:
+        """The API tokens that sockets of this process authenticated with."""
+        return list({c.api_token_id for c in self.connections if c.api_token_id is not None})
+
     def close_revoked(
-        self, versions: dict[int, int], checked: Collection[int] | None = None
+        self,
+        versions: dict[int, int],
+        checked: Collection[int] | None = None,
+        live_tokens: Collection[int] | None = None,
+        tokens_checked: Collection[int] = (),
     ) -> int:
-        """Close with 4001 each socket whose token version is not its user's current one
-        (`versions`; a user missing from it no longer exists). Returns how many.
+        """Close with 4001 each socket whose token was revoked. Returns how many.
+
+        A session socket is revoked when its token version is not its user's current
+        one (`versions`; a user missing from it no longer exists); an API token's
+        socket, when its user no longer exists or, if `live_tokens` is given, its
+        token is among `tokens_checked` but not among `live_tokens`.
 
         `checked`: the users whose versions were read; a socket of anybody else (a
         user who came online while the versions were read) is left alone until the
         next check. None: every user with a socket was checked.
         """
-        revoked = [
+        def revoked(conn: Connection) -> bool:
+            if conn.api_token_id is None:
+                return versions.get(conn.user_id) != conn.token_version
+            if conn.user_id not in versions:
+                return True
+            return (
+                live_tokens is not None
+                and conn.api_token_id in tokens_checked
+                and conn.api_token_id not in live_tokens
+            )
+
+        stale = [
             conn for conn in self.connections
-            if not conn.dropped
-            and (checked is None or conn.user_id in checked)
-            and versions.get(conn.user_id) != conn.token_version
+            if not conn.dropped and (checked is None or conn.user_id in checked) and revoked(conn)
         ]
-        for conn in revoked:
+        for conn in stale:
             conn.close(REVOKED, "tokens revoked")
-        return len(revoked)
+        return len(stale)
+
+    def close_api_token(self, token_id: int, code: int, reason: str) -> None:
+        """Start closing every socket that authenticated with one API token (revoked)."""
+        for conn in list(self.connections):
+            if conn.api_token_id == token_id:
+                conn.close(code, reason)
 
     def disconnect_user(self, user_id: int, code: int, reason: str) -> None:
-        """Start closing every socket of one user (logout); from now on they take nothing.
+        """Start closing every socket of one user opened with a session token (logout:
+        API tokens' sockets stay); from now on they take nothing.
 
         Not awaited: a peer that does not answer the close must not hold up the logout.
         """
         for conn in list(self._by_user.get(user_id, ())):
-            conn.close(code, reason)
+            if conn.api_token_id is None:
+                conn.close(code, reason)
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every socket (server shutdown)."""

@@ -10,6 +10,7 @@ from .db import Database
 from .hub import Hub
 from .metrics import Metrics
 from .throttle import Throttle
+from .typists import Typists
 from .writer import MessageWriter
 
 CONFIG = web.AppKey("config", Config)
@@ -21,3 +22,4 @@ WRITER = web.AppKey("writer", MessageWriter)
 # Absent when metrics are turned off.
 METRICS = web.AppKey("metrics", Metrics)
 THROTTLE = web.AppKey("throttle", Throttle)
+TYPISTS = web.AppKey("typists", Typists)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__, openapi_teams
+from . import __version__, openapi_teams, openapi_tokens
 from .auth import public
 from .config import Config
 from .keys import CONFIG
@@ -481,7 +481,7 @@ def paths(config: Config) -> dict[str, Schema]:
                     max_text=config.max_text,
                     outbox_limit=config.outbox_limit,
                     heartbeat=config.heartbeat,
-                ) + openapi_teams.WEBSOCKET_PROTOCOL,
+                ) + openapi_teams.WEBSOCKET_PROTOCOL + openapi_tokens.WEBSOCKET_PROTOCOL,
                 "security": [{"bearerAuth": []}, {"queryToken": []}],
                 "responses": {
                     "101": {"description": "Switching to the websocket protocol."},
@@ -560,7 +560,7 @@ def paths(config: Config) -> dict[str, Schema]:
     }
     if not config.metrics:
         del document["/metrics"]
-    return {**document, **openapi_teams.paths(config)}
+    return {**document, **openapi_teams.paths(config), **openapi_tokens.paths(config)}
 
 
 def document(config: Config) -> dict[str, Any]:
@@ -588,7 +588,11 @@ def document(config: Config) -> dict[str, Any]:
         "paths": paths(config),
         "components": {
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT (session) or chatapi_<64 hex digits> (API token)",
+                },
                 "queryToken": {
                     "type": "apiKey",
                     "in": "query",
@@ -596,7 +600,11 @@ def document(config: Config) -> dict[str, Any]:
                     "description": "The websocket only: the token as a query parameter.",
                 },
             },
-            "schemas": {**schemas(config), **openapi_teams.schemas(config)},
+            "schemas": {
+                **schemas(config),
+                **openapi_teams.schemas(config),
+                **openapi_tokens.schemas(config),
+            },
             "responses": error_responses(config),
         },
     }

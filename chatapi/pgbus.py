@@ -22,16 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from . import typists
 from .bus import Bus
 from .hub import Hub
 from .postgres import (
+    API_TOKENS,
     CATCH_UP_ROWS,
     DOWN,
     MAX_PAYLOAD,
     ROUTED,
+    TYPING,
     PostgresDatabase,
     event_payload,
     routed_payload,
+    typing_payloads,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class PostgresBus(Bus):
         self.reconnects = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.origin = secrets.token_hex(6)  # tells this process's own events apart
+        self._typing: list[dict[str, Any]] = []  # indications waiting for the next batch
 
     def published(self, messages: Sequence[dict[str, Any]]) -> None:
         # Read back from the table like any other process's commit: a row of
@@ -83,6 +88,19 @@ class PostgresBus(Bus):
             log.warning("event %r too large to reach other processes", event["frame"].get("type"))
             return
         self._spawn(self.db.notify(payload))
+
+    def typing(self, event: dict[str, Any]) -> None:
+        super().typing(event)  # this process's sockets now; the others in the next batch
+        if not self._typing:
+            asyncio.get_running_loop().call_later(typists.BATCH_WINDOW, self._send_typing)
+        self._typing.append(event)
+
+    def _send_typing(self) -> None:
+        """One notification for every indication of the window (more only past the
+        payload limit)."""
+        events, self._typing = self._typing, []
+        for payload in typing_payloads(self.origin, events):
+            self._spawn(self.db.notify(payload))
 
     async def follow(self, chat_id: int) -> None:
         if chat_id in self.positions:
@@ -108,19 +126,26 @@ class PostgresBus(Bus):
                 self._ring({int(i) for i in rest.split(",")})
             elif kind == "u":
                 self._spawn(self.check_tokens([int(rest)]))
+            elif kind == API_TOKENS:
+                self.hub.close_api_token(int(rest), LOGGED_OUT, "API token revoked")
             elif kind == "p":
                 self._spawn(self.announce_presence([int(i) for i in rest.split(",")]))
             elif kind == ROUTED:
                 origin, _, event = rest.partition(":")
                 if origin != self.origin:
                     self.hub.route(json.loads(event))
+            elif kind == TYPING:
+                origin, _, batch = rest.partition(":")
+                if origin != self.origin:
+                    for chat_id, user_id, username in json.loads(batch):
+                        typists.deliver(self.hub, typists.typing_event(chat_id, user_id, username))
             elif kind == "e":
                 origin, _, frame = rest.partition(":")
                 if origin != self.origin:  # this process delivered its own already
                     self.hub.broadcast(frame)
             else:
                 log.warning("unknown notification kind %r", kind)
-        except ValueError:
+        except (ValueError, TypeError):
             log.warning("malformed notification %r", payload[:100])
 
     def _spawn(self, coro: Any) -> None:
@@ -143,14 +168,13 @@ class PostgresBus(Bus):
     async def check_tokens(self, user_ids: Sequence[int]) -> None:
         """Close (4001) this process's sockets whose token was revoked meanwhile."""
         wanted = set(user_ids)
+        tokens = {
+            conn.api_token_id for conn in self.hub.connections
+            if conn.user_id in wanted and conn.api_token_id is not None
+        }
         current = await self.db.token_versions(list(wanted))
-        for conn in list(self.hub.connections):
-            if (
-                conn.user_id in wanted
-                and not conn.dropped
-                and current.get(conn.user_id) != conn.token_version
-            ):
-                conn.close(LOGGED_OUT, "logged out")
+        live = await self.db.live_api_tokens(list(tokens)) if tokens else set()
+        self.hub.close_revoked(current, checked=wanted, live_tokens=live, tokens_checked=tokens)
 
     async def announce_presence(self, user_ids: Sequence[int]) -> None:
         """Presence frames for users whose state changed on some process."""

@@ -35,7 +35,7 @@ from .db import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
@@ -59,11 +59,14 @@ DOWN = (*AWAY, asyncpg.PostgresError, Unavailable)
 # "e:<node>:<json>" an event frame for every socket, "t:<node>:<json>" an event
 # of a chat or of some users (chatapi.hub.Hub.route).
 MESSAGES, TOKENS, PRESENCE, EVENT, ROUTED = "m", "u", "p", "e", "t"
+# "k:<token id>" an API token revoked, "y:<node>:<json>" a batch of typing events.
+API_TOKENS, TYPING = "k", "y"
 
 _ONLINE = """(EXISTS (SELECT 1 FROM presence p JOIN nodes n ON n.id = p.node_id
                    WHERE p.user_id = users.id AND n.lease_until > now()))::int AS is_online"""
 _USER_COLUMNS = f"""id, email, username, password_hash, token_version, {_ONLINE}, created_at,
     EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
+_API_TOKEN_COLUMNS = "id, name, created_at, last_used_at"
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
 # One message as the JSON text of the history, built by PostgreSQL (`nonce`
 # only when the sender gave one: it is the only column that can be null).
@@ -210,6 +213,8 @@ class PostgresDatabase(Database):
                 password_hash, _text(email),
             )
             if row is not None:
+                # A password reset revokes the API tokens too.
+                await conn.execute("""DELETE FROM api_tokens WHERE user_id = $1""", row["id"])
                 await self._notify(conn, f"{TOKENS}:{row['id']}")
         if row is None:
             raise NotFound(f"no user with email {email}")
@@ -754,6 +759,66 @@ class PostgresDatabase(Database):
             raise _user_conflict(exc) from None
         return dict(row)
 
+    # API tokens
+
+    async def create_api_token(
+        self, user_id: int, name: str, token_hash: str, cap: int
+    ) -> dict[str, Any] | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The user's row locked: two creations at once cannot both pass the cap.
+            await conn.execute("""SELECT 1 FROM users WHERE id = $1 FOR UPDATE""", user_id)
+            row = await conn.fetchrow(
+                f"""INSERT INTO api_tokens (user_id, name, hash)
+                        SELECT $1, $2, $3
+                        WHERE (SELECT count(*) FROM api_tokens WHERE user_id = $1) < $4
+                        RETURNING {_API_TOKEN_COLUMNS}""",
+                user_id, _text(name), token_hash, cap,
+            )
+        return dict(row) if row else None
+
+    async def api_tokens_of(self, user_id: int) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"""SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 ORDER BY id""",
+            user_id,
+        )
+        return [dict(row) for row in rows]
+
+    async def delete_api_token(self, user_id: int, token_id: int) -> bool:
+        # The notification closes the token's sockets on every process.
+        async with self.pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval(
+                """DELETE FROM api_tokens WHERE id = $1 AND user_id = $2 RETURNING id""",
+                token_id, user_id,
+            )
+            if deleted is not None:
+                await self._notify(conn, f"{API_TOKENS}:{token_id}")
+        return deleted is not None
+
+    async def user_by_api_token(self, token_hash: str) -> dict[str, Any] | None:
+        row = await self.pool.fetchrow(
+            f"""SELECT {_USER_COLUMNS}, t.api_token_id, t.api_token_used_at
+                    FROM (SELECT id AS api_token_id, user_id AS token_user,
+                                 last_used_at AS api_token_used_at
+                              FROM api_tokens WHERE hash = $1) t
+                    JOIN users ON users.id = t.token_user""",
+            token_hash,
+        )
+        return dict(row) if row else None
+
+    async def touch_api_token(self, token_id: int) -> None:
+        await self.pool.execute(
+            """UPDATE api_tokens
+                   SET last_used_at = to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+                   WHERE id = $1""",
+            token_id,
+        )
+
+    async def live_api_tokens(self, token_ids: Sequence[int]) -> set[int]:
+        rows = await self.pool.fetch(
+            """SELECT id FROM api_tokens WHERE id = ANY($1::bigint[])""", list(token_ids)
+        )
+        return {row["id"] for row in rows}
+
 
 def event_payload(origin: str, frame: dict[str, Any]) -> str:
     """The notification carrying an event frame (from the process called `origin`)."""
@@ -765,9 +830,37 @@ def routed_payload(origin: str, event: dict[str, Any]) -> str:
     return f"{ROUTED}:{origin}:" + json.dumps(event, ensure_ascii=False)
 
 
+def typing_payloads(origin: str, events: Sequence[dict[str, Any]]) -> list[str]:
+    """The notifications carrying a batch of typing events: `y:<origin>:` and a JSON
+    list of [chat id, user id, username], split to stay below the payload limit."""
+    head = f"{TYPING}:{origin}:"
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = len(head) + 2
+    for event in events:
+        item = json.dumps([event["chat_id"], event["user_id"], event["username"]],
+                          ensure_ascii=False)
+        length = len(item.encode()) + 1
+        if chunk and size + length >= MAX_PAYLOAD:
+            payloads.append(head + "[" + ",".join(chunk) + "]")
+            chunk, size = [], len(head) + 2
+        chunk.append(item)
+        size += length
+    if chunk:
+        payloads.append(head + "[" + ",".join(chunk) + "]")
+    return payloads
+
+
 def _text(value: str) -> str:
     # PostgreSQL text cannot hold U+0000: such a value can match nothing.
     return value.replace("\x00", "\ufffd")
+
+
+def _revoked(draft: Draft, versions: dict[int, int], live: set[int]) -> bool:
+    """Whether the token the draft was sent with was revoked (read in the batch)."""
+    if draft.token_version is not None:
+        return versions.get(draft.owner_id) != draft.token_version
+    return draft.api_token_id is not None and draft.api_token_id not in live
 
 
 async def _insert_batch(
@@ -791,11 +884,24 @@ async def _insert_batch(
                 checked,
             )
         }
+    # API tokens likewise: revoking one (a DELETE) waits for the batch.
+    tokens = sorted(
+        {d.api_token_id for d in drafts if d.api_token_id is not None and d.chat_id in chats}
+    )
+    live: set[int] = set()
+    if tokens:
+        live = {
+            row["id"]
+            for row in await conn.fetch(
+                """SELECT id FROM api_tokens WHERE id = ANY($1::bigint[]) ORDER BY id FOR SHARE""",
+                tokens,
+            )
+        }
     errors: list[str | None] = []
     for draft in drafts:
         if draft.chat_id not in chats:
             errors.append(f"chat {draft.chat_id} does not exist")
-        elif draft.token_version is not None and versions.get(draft.owner_id) != draft.token_version:
+        elif _revoked(draft, versions, live):
             errors.append(REVOKED)
         else:
             errors.append(None)

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from . import db, teams
+from . import db, teams, typists
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
-from .keys import BUS, CONFIG, DB, HUB, METRICS, WRITER
+from .keys import BUS, CONFIG, DB, HUB, METRICS, TYPISTS, WRITER
 from .validation import NUL, ApiError, is_int, is_utf8
 from .writer import NOT_STORED
 
@@ -158,9 +158,11 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
             leave(app, conn, frame)
         elif kind == "read":
             await read(app, conn, frame)
+        elif kind == "typing":
+            await typing(app, conn, frame)
         else:
             raise FrameError(
-                "unknown frame type: expected 'message', 'join', 'leave' or 'read'"
+                "unknown frame type: expected 'message', 'join', 'leave', 'read' or 'typing'"
             )
     except FrameError as exc:
         nonce = frame.get("nonce")
@@ -176,6 +178,16 @@ def chat_id_of(frame: dict[str, Any]) -> int:
     if not is_int(chat_id) or not 1 <= chat_id <= db.MAX_ID:
         raise FrameError("chat_id must be a positive integer")
     return chat_id
+
+
+async def ensure_member(app: web.Application, conn: Connection, chat_id: int) -> None:
+    """The check of every frame that acts in a chat: the socket's user may post there
+    (joining a public chat makes them a member); FrameError as for an unknown chat."""
+    if chat_id in conn.member_of:
+        return
+    if not await teams.enter_chat(app, conn.user_id, chat_id):
+        raise FrameError(f"chat {chat_id} does not exist")
+    conn.member_of.add(chat_id)
 
 
 async def post_message(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
@@ -201,15 +213,11 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
             f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
         )
 
-    if chat_id not in conn.member_of:
-        try:
-            allowed = await teams.enter_chat(app, conn.user_id, chat_id)
-        except db.Unavailable:
-            # As for a failed store: the error carries the nonce, so the client resends.
-            raise FrameError(NOT_STORED) from None
-        if not allowed:
-            raise FrameError(f"chat {chat_id} does not exist")
-        conn.member_of.add(chat_id)
+    try:
+        await ensure_member(app, conn, chat_id)
+    except db.Unavailable:
+        # As for a failed store: the error carries the nonce, so the client resends.
+        raise FrameError(NOT_STORED) from None
     # Subscribe first: the sender's own copy of the broadcast is its acknowledgement.
     # (The bus follows the chat before the socket subscribes, with no await between:
     # a follow that fails leaves nothing half subscribed.)
@@ -217,7 +225,9 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
     if not was_subscribed:
         await app[BUS].follow(chat_id)
     app[HUB].subscribe(chat_id, conn)
-    draft = db.Draft(chat_id, conn.user_id, conn.username, text, nonce, conn.token_version)
+    draft = db.Draft(
+        chat_id, conn.user_id, conn.username, text, nonce, conn.token_version, conn.api_token_id
+    )
     stored = await app[WRITER].post(draft)
     if stored.error:
         if not was_subscribed:
@@ -289,3 +299,12 @@ async def read(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
         await teams.mark_read(app, conn.user_id, chat_id, frame.get("message_id"))
     except ApiError as exc:
         raise FrameError(exc.message) from None
+
+
+async def typing(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
+    """The user is typing in a chat: its other subscribers are told (chatapi/typists.py);
+    more than one per user and chat every few seconds is dropped without an answer."""
+    chat_id = chat_id_of(frame)
+    await ensure_member(app, conn, chat_id)
+    if app[TYPISTS].admit(conn.user_id, chat_id):
+        app[BUS].typing(typists.typing_event(chat_id, conn.user_id, conn.username))

@@ -2,8 +2,9 @@
 
 Tokens travel in headers, in `?token=` and, by mistake, anywhere else a client puts
 them (`?TOKEN=`, another parameter, the path, a malformed request line that aiohttp
-quotes in its error). Every token this server issues starts with `eyJ` (base64 of
-`{"`), so the filter looks for that shape rather than for where a token may be.
+quotes in its error). Every session token this server issues starts with `eyJ`
+(base64 of `{"`) and every API token with `chatapi_`, so the filter looks for those
+shapes rather than for where a token may be.
 """
 
 from __future__ import annotations
@@ -12,15 +13,24 @@ import logging
 import re
 
 REDACTED = "REDACTED"
-# A JWT's segments are base64url; a client may percent-encode the dots.
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*(?:(?:\.|%2[Ee])[A-Za-z0-9_-]*){0,2}")
+# A JWT's segments are base64url; a client may percent-encode the dots. An API
+# token is `chatapi_` and 64 hex digits: a part of one (16 digits on) is hidden too.
+_TOKEN = re.compile(
+    r"eyJ[A-Za-z0-9_-]*(?:(?:\.|%2[Ee])[A-Za-z0-9_-]*){0,2}|chatapi_[0-9A-Fa-f]{16,}"
+)
+MARKS = ("eyJ", "chatapi_")  # what every token contains
 # Loggers whose records may quote a request: aiohttp's, and this package's.
 LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.websocket", "chatapi")
 
 
+def has_token_mark(text: str) -> bool:
+    """True when `text` may hold a token (the quick test before the expression)."""
+    return any(mark in text for mark in MARKS)
+
+
 def redact(text: str) -> str:
-    """`text` with every JWT-shaped string replaced by REDACTED."""
-    return _JWT.sub(REDACTED, text) if "eyJ" in text else text
+    """`text` with every token-shaped string replaced by REDACTED."""
+    return _TOKEN.sub(REDACTED, text) if has_token_mark(text) else text
 
 
 class TokenFilter(logging.Filter):
@@ -28,7 +38,7 @@ class TokenFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "eyJ" in message:
+        if has_token_mark(message):
             record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

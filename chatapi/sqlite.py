@@ -16,7 +16,7 @@ from .db import REVOKED, Conflict, Database, Draft, LastOwner, NotFound, Stored
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 T = TypeVar("T")
 
 
@@ -124,16 +124,20 @@ class SQLiteDatabase(Database):
             )
 
     async def set_password(self, email: str, password_hash: str) -> dict[str, Any]:
-        async with self.transaction() as conn, conn.execute(
-            f"""UPDATE users SET password_hash = ?, token_version = token_version + 1
-                    WHERE email = ?
-                    RETURNING {_USER_COLUMNS}""",
-            (password_hash, email),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"""UPDATE users SET password_hash = ?, token_version = token_version + 1
+                        WHERE email = ?
+                        RETURNING {_USER_COLUMNS}""",
+                (password_hash, email),
+            )
+            if rows:  # a password reset revokes the API tokens too
+                await conn.execute(
+                    """DELETE FROM api_tokens WHERE user_id = ?""", (rows[0]["id"],)
+                )
+        if not rows:
             raise NotFound(f"no user with email {email}")
-        return dict(row)
+        return dict(rows[0])
 
     async def set_online(self, user_id: int, online: bool) -> None:
         async with self.transaction() as conn:
@@ -465,7 +469,64 @@ class SQLiteDatabase(Database):
             raise Conflict("email" if "users.email" in str(exc) else "username") from None
         return dict(row)
 
+    # API tokens
 
+    async def create_api_token(
+        self, user_id: int, name: str, token_hash: str, cap: int
+    ) -> dict[str, Any] | None:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                f"""INSERT INTO api_tokens (user_id, name, hash)
+                        SELECT ?1, ?2, ?3
+                        WHERE (SELECT count(*) FROM api_tokens WHERE user_id = ?1) < ?4
+                        RETURNING {_API_TOKEN_COLUMNS}""",
+                (user_id, name, token_hash, cap),
+            )
+        return dict(rows[0]) if rows else None
+
+    async def api_tokens_of(self, user_id: int) -> list[dict[str, Any]]:
+        rows = await self.read(
+            f"""SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE user_id = ? ORDER BY id""",
+            (user_id,),
+        )
+        return [dict(row) for row in rows]
+
+    async def delete_api_token(self, user_id: int, token_id: int) -> bool:
+        async with self.transaction() as conn:
+            rows = await conn.execute_fetchall(
+                """DELETE FROM api_tokens WHERE id = ? AND user_id = ? RETURNING id""",
+                (token_id, user_id),
+            )
+        return bool(rows)
+
+    async def user_by_api_token(self, token_hash: str) -> dict[str, Any] | None:
+        rows = await self.read(
+            f"""SELECT {_USER_COLUMNS}, t.api_token_id, t.api_token_used_at
+                    FROM (SELECT id AS api_token_id, user_id AS token_user,
+                                 last_used_at AS api_token_used_at
+                              FROM api_tokens WHERE hash = ?) t
+                    JOIN users ON users.id = t.token_user""",
+            (token_hash,),
+        )
+        return dict(rows[0]) if rows else None
+
+    async def touch_api_token(self, token_id: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                """UPDATE api_tokens SET last_used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                   WHERE id = ?""",
+                (token_id,),
+            )
+
+    async def live_api_tokens(self, token_ids: Sequence[int]) -> set[int]:
+        rows = await self.read(
+            """SELECT id FROM api_tokens WHERE id IN (SELECT value FROM json_each(?))""",
+            (f"[{','.join(str(int(i)) for i in token_ids)}]",),
+        )
+        return {row[0] for row in rows}
+
+
+_API_TOKEN_COLUMNS = "id, name, created_at, last_used_at"
 _USER_COLUMNS = """id, email, username, password_hash, token_version, is_online, created_at,
     EXISTS (SELECT 1 FROM admins a WHERE a.user_id = users.id) AS is_admin"""
 _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.created_at"
@@ -490,11 +551,14 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
             rows = conn.execute(
                 """INSERT INTO messages (chat_id, owner_id, text, nonce)
                    SELECT ?1, ?2, ?3, ?4
-                   WHERE ?5 IS NULL OR EXISTS (
-                       SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5)
+                   WHERE (?5 IS NULL OR EXISTS (
+                             SELECT 1 FROM users WHERE id = ?2 AND token_version = ?5))
+                     AND (?6 IS NULL OR EXISTS (
+                             SELECT 1 FROM api_tokens WHERE id = ?6 AND user_id = ?2))
                    ON CONFLICT DO NOTHING
                    RETURNING id, chat_id, owner_id, text, nonce, created_at""",
-                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version),
+                (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
+                 draft.api_token_id),
             ).fetchall()
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
@@ -508,7 +572,7 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         if rows:
             results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
             continue
-        if draft.token_version is not None and not _still_valid(conn, draft):
+        if not _still_valid(conn, draft):
             results.append(Stored(None, error=REVOKED))
             continue
         (original,) = conn.execute(
@@ -528,11 +592,18 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
 
 
 def _still_valid(conn: sqlite3.Connection, draft: Draft) -> bool:
-    rows = conn.execute(
-        """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
-        (draft.owner_id, draft.token_version),
-    ).fetchall()
-    return bool(rows)
+    """Whether the token the draft was sent with is still valid (True without one)."""
+    if draft.token_version is not None:
+        return bool(conn.execute(
+            """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
+            (draft.owner_id, draft.token_version),
+        ).fetchall())
+    if draft.api_token_id is not None:
+        return bool(conn.execute(
+            """SELECT 1 FROM api_tokens WHERE id = ? AND user_id = ?""",
+            (draft.api_token_id, draft.owner_id),
+        ).fetchall())
+    return True
 
 
 def schema_sql() -> str:

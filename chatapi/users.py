@@ -152,7 +152,10 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    """End every session of the user (API tokens stay: they are revoked one by one)."""
     user = request[USER]
+    if user["api_token_id"] is not None:
+        raise ApiError(403, "an API token cannot log out: revoke it with DELETE /auth/tokens/{id}")
     await db.revoke_tokens(request.app[DB], user["id"])
     request.app[HUB].disconnect_user(user["id"], code=REVOKED, reason="logged out")
     return web.Response(status=204)

@@ -167,7 +167,7 @@ async def test_a_bug_is_a_bare_500_and_a_logged_traceback(client, register, monk
 @pytest.mark.sqlite_only
 async def test_schema_is_versioned(client, config):
     with sqlite3.connect(config.db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(messages)")}
     assert "messages_by_chat" in indexes

@@ -333,3 +333,23 @@ async def test_hidden_emails_and_refused_registrations_are_documented(aiohttp_cl
     open_client = await aiohttp_client(create_app(config.replace(show_emails=False)))
     carol = await register(open_client, "carol")
     await check(document, await open_client.get("/users/", headers=carol.headers), "/users/")
+
+
+async def test_api_token_answers_match_the_documented_schemas(client, register, document):
+    alice = await register(client, "alice")
+    resp = await client.post("/auth/tokens", json={"name": " bot "}, headers=alice.headers)
+    await check(document, resp, "/auth/tokens")
+    created = await resp.json()
+    bot = {"Authorization": f"Bearer {created['token']}"}
+    await check(document, await client.get("/users/me", headers=bot), "/users/me")
+    for headers in (alice.headers, bot):  # 200, 403
+        await check(document, await client.get("/auth/tokens", headers=headers), "/auth/tokens")
+    for body in ({"name": ""}, {"name": "x"}):  # 400, 403
+        resp = await client.post("/auth/tokens", json=body, headers=alice.headers if body["name"] == "" else bot)
+        await check(document, resp, "/auth/tokens")
+    one = "/auth/tokens/{token_id}"
+    for path, headers in ((f"/auth/tokens/{created['id']}", bot),  # 403
+                          (f"/auth/tokens/{created['id']}", alice.headers),  # 204
+                          (f"/auth/tokens/{created['id']}", alice.headers)):  # 404
+        await check(document, await client.delete(path, headers=headers), one)
+    await check(document, await client.get("/users/me", headers=bot), "/users/me")  # 401

@@ -477,10 +477,10 @@ async def test_two_processes_started_at_once_on_an_empty_database_both_serve(clu
         )
     finally:
         await conn.close()
-    # Version 3: users, chats, messages, settings, nodes, presence, login_failures, the
-    # Teams tables admins, members, direct_pairs, invites, and the unread counts'
-    # chat_counts, sender_counts.
-    assert alice["username"] == "alice" and version == "3" and tables == 13
+    # Version 6: users, chats, messages, settings, nodes, presence, login_failures, the
+    # Teams tables admins, members, direct_pairs, invites, the unread counts' chat_counts
+    # and sender_counts (version 3), and api_tokens.
+    assert alice["username"] == "alice" and version == "6" and tables == 14
 
 
 # Unread counts kept by the storing transaction
