@@ -108,6 +108,40 @@ END;
 
 PRAGMA user_version = 3;
 
+-- Search (schema version 5): a full-text index of message texts, kept by
+-- triggers in the transaction that changes a text (an edit is searchable at
+-- once, a removed text no longer matches). External content: the index holds
+-- only tokens; texts stay in messages. Case and diacritics are folded, and
+-- prefixes of 1 to 3 characters have their own index.
+
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5 (
+    text,
+    content = 'messages',
+    content_rowid = 'id',
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '1 2 3'
+);
+
+CREATE TRIGGER IF NOT EXISTS messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+END;
+
+CREATE TRIGGER IF NOT EXISTS messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+END;
+
+CREATE TRIGGER IF NOT EXISTS messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+
+-- A database without messages has its whole index now; one with messages has
+-- it built by chatapi/sqlite.py, which then writes this row in the same transaction.
+INSERT OR IGNORE INTO settings (key, value)
+    SELECT 'search_index', 'built' WHERE NOT EXISTS (SELECT 1 FROM messages);
+
+PRAGMA user_version = 5;
+
 -- API tokens (schema version 6): named, long-lived tokens for scripts and bots.
 -- Only the SHA-256 of a token is stored; the token itself is shown once.
 CREATE TABLE IF NOT EXISTS api_tokens (

@@ -181,6 +181,27 @@ BEGIN
 END $$;
 UPDATE settings SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2');
 
+-- Search (schema version 5): each message's text as a tsvector, kept by
+-- PostgreSQL in the row (a generated column: an edit is searchable at once, a
+-- removed text no longer matches), with a GIN index. The 'simple' configuration
+-- (no stemming, no stop words) over the text lower-cased and stripped of
+-- diacritics by search_fold, so that 'Café' and 'cafe' match as on SQLite.
+-- Adding the column to an older database computes it for every existing message.
+-- search_fold needs a UTF8 database (normalize); no extension is needed.
+
+CREATE OR REPLACE FUNCTION search_fold(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$ SELECT normalize(regexp_replace(normalize(lower(value), NFD),
+              '[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]', '', 'g'),
+          NFC) $$;
+
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS search tsvector
+    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, search_fold(text))) STORED;
+
+CREATE INDEX IF NOT EXISTS messages_search ON messages USING gin (search);
+
+UPDATE settings SET value = '5' WHERE key = 'schema_version' AND value::int < 5;
+
 -- API tokens (schema version 6): named, long-lived tokens for scripts and bots.
 -- Only the SHA-256 of a token is stored; the token itself is shown once.
 CREATE TABLE IF NOT EXISTS api_tokens (

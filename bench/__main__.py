@@ -1,4 +1,4 @@
-"""`python -m bench [all|fanout|ingest|history|connections|login|unread|postgres|unread_postgres ...]`.
+"""`python -m bench [all|fanout|ingest|history|connections|login|unread|search|postgres|unread_postgres ...]`.
 
 The ChatAPI server (and each baseline server) runs pinned to core 0, this process
 (the load generator) to core 1. Results: printed, written to bench/results/latest.md
@@ -24,7 +24,8 @@ from .launch import LOOPS
 from .report import render, update_benchmarks
 
 SCENARIOS = (
-    "fanout", "ingest", "history", "connections", "login", "unread", "postgres", "unread_postgres"
+    "fanout", "ingest", "history", "connections", "login", "unread", "search", "postgres",
+    "unread_postgres",
 )
 # `all`: the SQLite scenarios; the PostgreSQL ones need a PostgreSQL server and are run by name.
 ALL = SCENARIOS[:-2]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import chats, db, openapi, realtime, teams, tokens, users
+from . import chats, db, openapi, realtime, search, teams, tokens, users
 from .auth import public
 from .bus import bus_for
 from .config import Config
@@ -155,6 +155,7 @@ def create_app(config: Config | None = None) -> web.Application:
     # No automatic HEAD: the streamed body would be written anyway.
     app.router.add_get("/chats/messages", chats.chat_messages, allow_head=False)
     app.router.add_get("/chats/ws", realtime.chat_socket)
+    app.router.add_get("/search", search.search_messages)
     teams.add_routes(app)
     tokens.add_routes(app)
     app.router.add_get("/health", health)

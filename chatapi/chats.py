@@ -11,20 +11,34 @@ from aiohttp import web
 from . import db, teams
 from .auth import USER
 from .keys import DB
-from .validation import int_query
+from .shapes import Id, Int, Shape, Text, Timestamp
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
 
+HISTORY = Shape("History", {
+    # Any integer is a well-formed id; one that names no chat is a 404.
+    "id": Int(description="the chat: any integer, one that names no chat is a 404"),
+    "limit": Int(1, MAX_PAGE, default=None, description="at most this many messages"),
+    "before": Id(default=None, description="only messages with a smaller id"),
+    "after": Id(0, default=None, description="only messages with a greater id"),
+})
+MESSAGE = Shape("Message", {
+    "id": Id(),
+    "chat_id": Id(),
+    "owner_id": Id(),
+    "username": Text(),
+    "text": Text(),
+    "created_at": Timestamp(),
+    "nonce": Text(default=None, description="present when the sender gave one"),
+}, closed=True)
+
 
 async def chat_messages(request: web.Request) -> web.StreamResponse:
     """The history of a chat, oldest first; streamed, so a long history costs no memory."""
-    # Any integer is a well-formed id; one that names no chat is a 404.
-    chat_id = int_query(request, "id", required=True, min_value=-(10**100), max_value=10**100)
-    limit = int_query(request, "limit", max_value=MAX_PAGE)
-    before = int_query(request, "before")
-    after = int_query(request, "after", min_value=0)
+    wanted = HISTORY.read_query(request.query)
+    chat_id, limit, before, after = wanted["id"], wanted["limit"], wanted["before"], wanted["after"]
     database = request.app[DB]
     # A private chat the caller is not a member of answers as an unknown chat.
     if await teams.visible_chat(request.app, chat_id, request[USER]) is None:

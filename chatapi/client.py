@@ -76,6 +76,11 @@ def error_of_answer(status: int, text: str | bytes, reason: str | None) -> ChatA
     return ChatAPIError(status, reason or f"HTTP {status}")
 
 
+def _given(**params: Any) -> dict[str, Any]:
+    """The query parameters that have a value."""
+    return {name: value for name, value in params.items() if value is not None}
+
+
 async def _error_of(resp: aiohttp.ClientResponse) -> ChatAPIError:
     return error_of_answer(resp.status, await resp.read(), resp.reason)
 
@@ -146,7 +151,7 @@ class ChatClient:
         path: str,
         *,
         body: dict[str, Any] | None = None,
-        params: dict[str, int] | None = None,
+        params: dict[str, Any] | None = None,
         auth: bool = True,
     ) -> Any:
         headers = self._auth_headers() if auth else {}
@@ -223,11 +228,20 @@ class ChatClient:
         after: int | None = None,
     ) -> list[dict[str, Any]]:
         """Messages of a chat, oldest first; all of them unless paged by limit/before/after."""
-        params = {"id": chat_id}
-        for name, value in (("limit", limit), ("before", before), ("after", after)):
-            if value is not None:
-                params[name] = value
+        params = _given(id=chat_id, limit=limit, before=before, after=after)
         return await self._request("GET", "/chats/messages", params=params)
+
+    async def search(
+        self,
+        q: str,
+        chat_id: int | None = None,
+        limit: int | None = None,
+        before: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Messages containing every word of q (the last also as a prefix), newest first,
+        from the chats this user may read (or only `chat_id`); page with `before`."""
+        params = _given(q=q, chat_id=chat_id, limit=limit, before=before)
+        return await self._request("GET", "/search", params=params)
 
     def connect(
         self,

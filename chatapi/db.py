@@ -142,6 +142,11 @@ class Database(ABC):
         (the newest `limit` of them when `newest`), as dicts or as (id, JSON text) pairs."""
 
     @abstractmethod
+    async def search_messages(
+        self, user_id: int, terms: Sequence[str], chat_id: int | None, before: int, limit: int
+    ) -> list[str]: ...
+
+    @abstractmethod
     async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]: ...
 
     @abstractmethod
@@ -379,6 +384,27 @@ async def chat_messages_json(
             yield text
 
 
+async def search_messages(
+    db: Database,
+    user_id: int,
+    terms: Sequence[str],
+    *,
+    chat_id: int | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[str]:
+    """Messages containing every term (the last one as a prefix; case and diacritics
+    folded), newest first, below `before`, at most `limit`, each as its JSON text.
+
+    Only from `chat_id` when given (the caller checked it may read it); else from
+    the chats the user may read: public ones and those they are a member of. Terms
+    are plain words, never query syntax; a message whose text was removed never matches.
+    """
+    return await db.search_messages(
+        user_id, terms, chat_id, MAX_ID if before is None else before, limit
+    )
+
+
 async def insert_messages(db: Database, drafts: Sequence[Draft]) -> list[Stored]:
     """Store drafts in one transaction (one fsync for the lot), in order.
 
@@ -494,8 +520,6 @@ async def create_user_with_invite(
 
 
 # API tokens: only a token's SHA-256 is stored (chatapi/tokens.py makes them)
-
-API_TOKEN_FIELDS = ("id", "name", "created_at", "last_used_at")
 
 
 async def create_api_token(

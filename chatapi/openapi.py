@@ -8,19 +8,25 @@ checks it against the router and against real responses.
 
 from __future__ import annotations
 
-import functools
-import sys
-import unicodedata
 from typing import Any
 
 from aiohttp import web
 
-from . import __version__, openapi_teams, openapi_tokens
+from . import (
+    __version__,
+    chats,
+    openapi_teams,
+    openapi_tokens,
+    realtime,
+    search,
+    teams,
+    users,
+)
 from .auth import public
 from .config import Config
 from .keys import CONFIG
+from .shapes import Choice, Json, Shape, Text
 
-MAX_ID = 2**63 - 1
 JSON = "application/json"
 
 Schema = dict[str, Any]
@@ -38,175 +44,41 @@ def json_content(schema: Schema) -> Schema:
     return {JSON: {"schema": schema}}
 
 
-def char_class(codes: list[int]) -> str:
-    """A regex character class body naming exactly `codes` (sorted), as ranges."""
-    ranges: list[list[int]] = []
-    for code in codes:
-        if ranges and ranges[-1][1] == code - 1:
-            ranges[-1][1] = code
-        else:
-            ranges.append([code, code])
-
-    def char(code: int) -> str:
-        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
-
-    return "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges)
-
-
-@functools.cache
-def character_classes() -> tuple[str, str]:
-    """(white space as str.strip() sees it, control characters as usernames refuse them).
-
-    Spelled out rather than written `\\s`: JSON Schema patterns are ECMA-262, whose
-    `\\s` is not Python's (U+001C..U+001F and U+0085 are white space only to Python).
-    """
-    characters = [chr(code) for code in range(sys.maxunicode + 1)]
-    white = [ord(ch) for ch in characters if ch.isspace()]
-    control = [ord(ch) for ch in characters if unicodedata.category(ch) in ("Cc", "Cf")]
-    return char_class(white), char_class(control)
-
-
-def trimmed(max_len: int, stored: bool = False) -> str:
-    """A pattern for a string of 1..max_len characters once white space is stripped
-    (`stored`: without U+0000, which no stored string may hold)."""
-    w, _ = character_classes()
-    n = r"\x00" if stored else ""
-    anything = rf"[^{n}]" if stored else r"[\s\S]"
-    return rf"^[{w}]*[^{w}{n}](?:{anything}{{0,{max_len - 2}}}[^{w}{n}])?[{w}]*$"
-
-
-def email_pattern() -> str:
-    """EMAIL of chatapi.users, at most 254 characters, once white space is stripped."""
-    w, _ = character_classes()
-    return rf"^[{w}]*(?=[^{w}]{{1,254}}[{w}]*$)[^@{w}\x00]+@[^@{w}\x00]+\.[^@{w}\x00]+[{w}]*$"
-
-
-def username_pattern() -> str:
-    """3..50 characters once white space is stripped, none of them a control character."""
-    w, c = character_classes()
-    return rf"^[{w}]*[^{w}{c}][^{c}]{{1,48}}[^{w}{c}][{w}]*$"
-
-
-def id_schema(minimum: int = 1) -> Schema:
-    return {"type": "integer", "format": "int64", "minimum": minimum, "maximum": MAX_ID}
+ERROR = Shape("Error", {
+    "error": Text(1),
+    "details": Json(
+        {"type": "object", "additionalProperties": {"type": "string"}},
+        default=None, description="field name -> what is wrong with it",
+    ),
+}, closed=True)
+HEALTH = Shape("Health", {"status": Choice(("ok", "unavailable"))}, closed=True)
+TIMESTAMP: Schema = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$",
+    "description": "RFC 3339, UTC, millisecond precision",
+    "example": "2026-11-24T20:38:49.123Z",
+}
 
 
 def schemas(config: Config) -> dict[str, Schema]:
-    user: Schema = {
-        "type": "object",
-        "properties": {
-            "id": id_schema(),
-            "email": {"type": "string"},
-            "username": {"type": "string"},
-            "is_online": {"type": "boolean"},
-            "is_admin": {"type": "boolean", "description": "GET /users/me only"},
-        },
-        "required": ["id", "email", "username", "is_online"],
-        "additionalProperties": False,
-    }
+    """Every shape of a request, a response or a websocket frame, by component name."""
+    user = users.USER_SHAPE.schema()
     if not config.show_emails:
         user["properties"]["email"]["description"] = "the caller's own only"
         user["required"].remove("email")
     if config.expose_password_hash:
         user["properties"]["password"] = {"type": "string", "description": "bcrypt hash"}
         user["required"].append("password")
-    return {
-        "Error": {
-            "type": "object",
-            "properties": {
-                "error": {"type": "string", "minLength": 1},
-                "details": {
-                    "type": "object",
-                    "description": "field name -> what is wrong with it",
-                    "additionalProperties": {"type": "string"},
-                },
-            },
-            "required": ["error"],
-            "additionalProperties": False,
-        },
-        "Timestamp": {
-            "type": "string",
-            "format": "date-time",
-            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$",
-            "description": "RFC 3339, UTC, millisecond precision",
-            "example": "2026-11-24T20:38:49.123Z",
-        },
-        "Registration": {
-            "type": "object",
-            "properties": {
-                "email": {
-                    "type": "string",
-                    "description": "At most 254 characters once trimmed; stored lower-cased.",
-                    "pattern": email_pattern(),
-                },
-                "username": {
-                    "type": "string",
-                    "description": "3 to 50 characters once trimmed, no control characters; "
-                    "unique case-insensitively.",
-                    "pattern": username_pattern(),
-                },
-                "password": {"type": "string", "minLength": 8, "maxLength": 128},
-                "invite": {
-                    "type": "string",
-                    "description": "an invite code: required when registration is by invite",
-                },
-            },
-            "required": ["email", "username", "password"],
-        },
-        "Credentials": {
-            "type": "object",
-            "properties": {
-                "email": {"type": "string", "pattern": trimmed(254)},
-                "password": {"type": "string", "minLength": 1, "maxLength": 128},
-            },
-            "required": ["email", "password"],
-        },
-        "Session": {
-            "type": "object",
-            "properties": {
-                "token": {"type": "string", "description": "a JWT: send it as a bearer token"},
-                "username": {"type": "string"},
-                "id": id_schema(),
-            },
-            "required": ["token", "username", "id"],
-            "additionalProperties": False,
-        },
-        "User": user,
-        "NewChat": openapi_teams.new_chat({
-            "type": "string",
-            "description": "1 to 255 characters once trimmed.",
-            "pattern": trimmed(255, stored=True),
-        }),
-        "Chat": {
-            "type": "object",
-            "properties": openapi_teams.CHAT_PROPERTIES,
-            "required": list(openapi_teams.CHAT_PROPERTIES),
-            "additionalProperties": False,
-        },
-        "Message": {
-            "type": "object",
-            "properties": {
-                "id": id_schema(),
-                "chat_id": id_schema(),
-                "owner_id": id_schema(),
-                "username": {"type": "string"},
-                "text": {"type": "string"},
-                "created_at": ref("Timestamp"),
-                "nonce": {
-                    "type": "string",
-                    "description": "present when the sender gave one",
-                },
-            },
-            "required": ["id", "chat_id", "owner_id", "username", "text", "created_at"],
-            "additionalProperties": False,
-        },
-        "Health": {
-            "type": "object",
-            "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]}},
-            "required": ["status"],
-            "additionalProperties": False,
-        },
-    }
+    shapes = [
+        ERROR, HEALTH, users.REGISTRATION, users.CREDENTIALS, users.SESSION, chats.MESSAGE,
+        teams.NEW_CHAT, teams.CHAT, teams.LISTED_CHAT, teams.JOINED_CHAT, teams.MEMBER,
+        teams.NEW_MEMBER, teams.ROLE_CHANGE, teams.CHANGED_ROLE, teams.READ_UP_TO,
+        teams.READ_MARKER, teams.NEW_INVITE, teams.INVITE,
+        realtime.post_frame(config.max_text), realtime.JOIN_FRAME, realtime.LEAVE_FRAME,
+        realtime.READ_FRAME, realtime.TYPING_FRAME,
+    ]
+    return {"Timestamp": TIMESTAMP, "User": user, **{shape.name: shape.schema() for shape in shapes}}
 
 
 def error(description: str, **extra: Any) -> Schema:
@@ -430,36 +302,32 @@ def paths(config: Config) -> dict[str, Schema]:
                 "description": "Without `limit`, `before` or `after`: every message. "
                 "`limit` alone: the newest `limit`. `before`: the newest `limit` older than "
                 "it. `after`: the oldest `limit` newer than it. Always oldest first.",
-                "parameters": [
-                    {
-                        "name": "id",
-                        "in": "query",
-                        "required": True,
-                        "description": "the chat: any integer, one that names no chat is a 404",
-                        "schema": {"type": "integer", "format": "int64"},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "description": "at most this many messages",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
-                    {
-                        "name": "before",
-                        "in": "query",
-                        "description": "only messages with a smaller id",
-                        "schema": id_schema(),
-                    },
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "description": "only messages with a greater id",
-                        "schema": id_schema(minimum=0),
-                    },
-                ],
+                "parameters": chats.HISTORY.parameters("query"),
                 "responses": {
                     "200": {
                         "description": "The messages, oldest first.",
+                        "content": json_content({"type": "array", "items": ref("Message")}),
+                    },
+                    "400": response("BadRequest"),
+                    "401": response("Unauthorized"),
+                    "404": response("NotFound"),
+                },
+            }
+        },
+        "/search": {
+            "get": {
+                "tags": ["search"],
+                "operationId": "searchMessages",
+                "summary": "Messages containing every word of q, newest first",
+                "description": "From the chats the caller may read only (public ones, and "
+                "private or direct ones the caller is a member of). Case and diacritics are "
+                "ignored; the last word also matches as a prefix; nothing in q is query "
+                "syntax. A changed text is found by its new words at once; a removed text "
+                "never matches. Page with `before` = the id of the last message of a page.",
+                "parameters": search.SEARCH.parameters("query"),
+                "responses": {
+                    "200": {
+                        "description": "The matching messages, newest first.",
                         "content": json_content({"type": "array", "items": ref("Message")}),
                     },
                     "400": response("BadRequest"),
@@ -582,6 +450,7 @@ def document(config: Config) -> dict[str, Any]:
             {"name": "chats", "description": "Chats and their history"},
             {"name": "realtime", "description": "The websocket"},
             {"name": "teams", "description": "Members, roles, read markers and invite codes"},
+            {"name": "search", "description": "Messages by their words"},
             {"name": "service", "description": "Health, metrics and this document"},
         ],
         "security": [{"bearerAuth": []}],
@@ -600,11 +469,7 @@ def document(config: Config) -> dict[str, Any]:
                     "description": "The websocket only: the token as a query parameter.",
                 },
             },
-            "schemas": {
-                **schemas(config),
-                **openapi_teams.schemas(config),
-                **openapi_tokens.schemas(config),
-            },
+            "schemas": {**schemas(config), **openapi_tokens.schemas(config)},
             "responses": error_responses(config),
         },
     }

@@ -1,21 +1,14 @@
-"""The OpenAPI description of the Teams routes and shapes (merged in by chatapi/openapi.py)."""
+"""The OpenAPI description of the Teams routes (merged in by chatapi/openapi.py); their
+shapes are declared in chatapi/teams.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .config import Config
-from .teams import (
-    KINDS,
-    MAX_INVITE_SECONDS,
-    MAX_INVITE_USES,
-    MAX_MEMBERS_AT_CREATION,
-    ROLES,
-    UNREAD_CAP,
-)
+from .teams import CHAT_PATH, MEMBER_PATH
 
 Schema = dict[str, Any]
-MAX_ID = 2**63 - 1
 
 
 def _ref(name: str) -> Schema:
@@ -30,150 +23,8 @@ def _json(schema: Schema) -> Schema:
     return {"application/json": {"schema": schema}}
 
 
-def _id() -> Schema:
-    return {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID}
-
-
-def _object(properties: Schema, required: list[str]) -> Schema:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": False,
-    }
-
-
 def _error(description: str) -> Schema:
     return {"description": description, "content": _json(_ref("Error"))}
-
-
-CHAT_PROPERTIES: Schema = {
-    "id": _id(),
-    "name": {"type": "string"},
-    "owner_id": _id(),
-    "created_at": _ref("Timestamp"),
-    "kind": {"type": "string", "enum": list(KINDS)},
-}
-ROLE: Schema = {"type": "string", "enum": list(ROLES)}
-
-
-def schemas(config: Config) -> dict[str, Schema]:
-    """The Teams shapes, by component name."""
-    return {
-        "ListedChat": _object(
-            {
-                **CHAT_PROPERTIES,
-                "is_member": {"type": "boolean"},
-                "role": {**ROLE, "description": "members only"},
-                "last_read_id": {
-                    "type": "integer", "minimum": 0, "description": "members only",
-                },
-                "unread": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": UNREAD_CAP,
-                    "description": "members only: messages after the read marker not sent by "
-                    f"the caller; {UNREAD_CAP} when capped",
-                },
-                "unread_capped": {
-                    "type": "boolean",
-                    "description": f"members only: more than {UNREAD_CAP} unread messages "
-                    f"(the count is exact; `unread` shows at most {UNREAD_CAP}); show {UNREAD_CAP}+",
-                },
-                "other_user": {
-                    "type": "object",
-                    "description": "direct chats only: the other member",
-                    "properties": {"id": _id(), "username": {"type": "string"}},
-                    "required": ["id", "username"],
-                    "additionalProperties": False,
-                },
-            },
-            [*CHAT_PROPERTIES, "is_member"],
-        ),
-        "JoinedChat": _object({**CHAT_PROPERTIES, "role": ROLE}, [*CHAT_PROPERTIES, "role"]),
-        "Member": _object(
-            {"user_id": _id(), "username": {"type": "string"}, "role": ROLE},
-            ["user_id", "username", "role"],
-        ),
-        "NewMember": {
-            "type": "object",
-            "properties": {"user_id": _id(), "role": ROLE},
-            "required": ["user_id"],
-        },
-        "RoleChange": {"type": "object", "properties": {"role": ROLE}, "required": ["role"]},
-        "ChangedRole": _object({"user_id": _id(), "role": ROLE}, ["user_id", "role"]),
-        "ReadUpTo": {
-            "type": "object",
-            "properties": {"message_id": {**_id(), "minimum": 0}},
-            "required": ["message_id"],
-        },
-        "ReadMarker": _object(
-            {"chat_id": _id(), "last_read_id": {"type": "integer", "minimum": 0}},
-            ["chat_id", "last_read_id"],
-        ),
-        "NewInvite": {
-            "type": "object",
-            "properties": {
-                "expires_in": {
-                    "type": "integer",
-                    "minimum": 60,
-                    "maximum": MAX_INVITE_SECONDS,
-                    "description": "seconds (default a week)",
-                },
-                "uses": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_INVITE_USES,
-                    "description": "registrations it allows (default 1)",
-                },
-            },
-        },
-        "Invite": _object(
-            {
-                "code": {"type": "string"},
-                "expires_at": _ref("Timestamp"),
-                "uses_left": {"type": "integer", "minimum": 0},
-                "created_at": _ref("Timestamp"),
-            },
-            ["code", "expires_at", "uses_left", "created_at"],
-        ),
-    }
-
-
-def new_chat(name: Schema) -> Schema:
-    """The body of POST /chats/create: a public or private chat, or a direct one."""
-    return {
-        "type": "object",
-        "properties": {
-            "name": name,
-            "kind": {"type": "string", "enum": list(KINDS), "default": "public"},
-            "members": {
-                "type": "array",
-                "items": _id(),
-                "maxItems": MAX_MEMBERS_AT_CREATION,
-                "description": "public and private chats: members besides the creator",
-            },
-            "user_id": {**_id(), "description": "direct chats: the other user"},
-        },
-        "anyOf": [
-            {"required": ["name"], "properties": {"kind": {"enum": ["public", "private"]}}},
-            {"required": ["kind", "user_id"], "properties": {"kind": {"enum": ["direct"]}}},
-        ],
-    }
-
-
-def _chat_id() -> Schema:
-    return {
-        "name": "chat_id",
-        "in": "path",
-        "required": True,
-        "description": "a chat; one the caller may not know of answers as an unknown chat",
-        "schema": {"type": "integer", "format": "int64"},
-    }
-
-
-def _user_id() -> Schema:
-    return {"name": "user_id", "in": "path", "required": True, "schema": _id()}
 
 
 def _body(name: str) -> Schema:
@@ -195,7 +46,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "tags": tags,
                 "operationId": "joinChat",
                 "summary": "Become a member of a public chat (posting in it does too)",
-                "parameters": [_chat_id()],
+                "parameters": CHAT_PATH.parameters("path"),
                 "responses": {
                     "200": {"description": "A member now.", "content": _json(_ref("JoinedChat"))},
                     **common,
@@ -209,7 +60,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "summary": "Move the caller's read marker forward",
                 "description": "The marker only moves forward and never past the chat's last "
                 "message. Every socket of the caller gets a `read` frame.",
-                "parameters": [_chat_id()],
+                "parameters": CHAT_PATH.parameters("path"),
                 "requestBody": _body("ReadUpTo"),
                 "responses": {
                     "200": {"description": "The marker now.", "content": _json(_ref("ReadMarker"))},
@@ -223,7 +74,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "tags": tags,
                 "operationId": "listMembers",
                 "summary": "The members of a chat and their roles",
-                "parameters": [_chat_id()],
+                "parameters": CHAT_PATH.parameters("path"),
                 "responses": {
                     "200": {
                         "description": "The members, by user id.",
@@ -236,7 +87,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "tags": tags,
                 "operationId": "addMember",
                 "summary": "Add a member (owners and admins)",
-                "parameters": [_chat_id()],
+                "parameters": CHAT_PATH.parameters("path"),
                 "requestBody": _body("NewMember"),
                 "responses": {
                     "201": {"description": "Added.", "content": _json(_ref("Member"))},
@@ -251,7 +102,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "tags": tags,
                 "operationId": "changeRole",
                 "summary": "Make a member an owner or a plain member (owners and admins)",
-                "parameters": [_chat_id(), _user_id()],
+                "parameters": MEMBER_PATH.parameters("path"),
                 "requestBody": _body("RoleChange"),
                 "responses": {
                     "200": {"description": "Changed.", "content": _json(_ref("ChangedRole"))},
@@ -269,7 +120,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "summary": "Remove a member (owners and admins), or leave (one's own id)",
                 "description": "The removed member's sockets are unsubscribed at once, on every "
                 "process, and get a `member_removed` (or `member_left`) frame.",
-                "parameters": [_chat_id(), _user_id()],
+                "parameters": MEMBER_PATH.parameters("path"),
                 "responses": {
                     "204": {"description": "Removed."},
                     **common,

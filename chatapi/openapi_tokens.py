@@ -3,56 +3,16 @@
 from __future__ import annotations
 
 from .config import Config
-from .openapi_teams import Schema, _error, _id, _json, _object, _ref, _response
-from .tokens import MAX_NAME, MAX_TOKENS
+from .openapi_teams import Schema, _error, _json, _ref, _response
+from .tokens import CREATED_TOKEN, MAX_TOKENS, NEW_TOKEN, TOKEN, TOKEN_PATH
 from .typists import EXPIRES_IN, INTERVAL
 
-TOKEN_PROPERTIES: Schema = {
-    "id": _id(),
-    "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
-    "created_at": _ref("Timestamp"),
-    "last_used_at": {
-        "type": "string",
-        "nullable": True,
-        "description": "null until first used; updated at most once a minute",
-    },
-}
 SESSION_ONLY = "The caller authenticated with an API token: only a session token manages them."
 
 
-def name_pattern() -> str:
-    """1..MAX_NAME characters once white space is stripped, none a control character."""
-    from .openapi import character_classes  # here: chatapi.openapi imports this module
-
-    w, c = character_classes()
-    return rf"^[{w}]*[^{w}{c}](?:[^{c}]{{0,{MAX_NAME - 2}}}[^{w}{c}])?[{w}]*$"
-
-
 def schemas(config: Config) -> dict[str, Schema]:
-    """The API token shapes, by component name."""
-    return {
-        "NewApiToken": _object(
-            {"name": {
-                "type": "string",
-                "pattern": name_pattern(),
-                "description": f"1 to {MAX_NAME} characters once trimmed, no control "
-                "characters; need not be unique",
-            }},
-            ["name"],
-        ),
-        "ApiToken": _object(TOKEN_PROPERTIES, list(TOKEN_PROPERTIES)),
-        "CreatedApiToken": _object(
-            {
-                **TOKEN_PROPERTIES,
-                "token": {
-                    "type": "string",
-                    "pattern": "^chatapi_[0-9a-f]{64}$",
-                    "description": "shown this once: only its SHA-256 is kept",
-                },
-            },
-            [*TOKEN_PROPERTIES, "token"],
-        ),
-    }
+    """The API token shapes, by component name (declared in chatapi/tokens.py)."""
+    return {shape.name: shape.schema() for shape in (NEW_TOKEN, TOKEN, CREATED_TOKEN)}
 
 
 def paths(config: Config) -> dict[str, Schema]:
@@ -97,13 +57,7 @@ def paths(config: Config) -> dict[str, Schema]:
                 "operationId": "revokeApiToken",
                 "summary": "Revoke an API token (session token only)",
                 "description": "Its websockets close with 4001 at once, on every process.",
-                "parameters": [{
-                    "name": "token_id",
-                    "in": "path",
-                    "required": True,
-                    "description": "one of the caller's tokens; any other value is a 404",
-                    "schema": {"type": "integer", "format": "int64"},
-                }],
+                "parameters": TOKEN_PATH.parameters("path"),
                 "responses": {
                     "204": {"description": "Revoked."},
                     "401": _response("Unauthorized"),

@@ -39,6 +39,9 @@ SCHEMA_VERSION = 6
 LEASE_SECONDS = 10.0  # a process that stops renewing is gone after this long
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
+# Applying the schema may migrate every message (version 5 computes each one's search
+# vector and builds its index: minutes for millions); a process starting meanwhile waits.
+MIGRATION_TIMEOUT = 3600.0
 IDLE_IN_TRANSACTION = "30s"  # PostgreSQL ends a session left this long inside a transaction
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay below 8000 bytes
 CATCH_UP_ROWS = 5000  # rows read per doorbell; more are read by the next round
@@ -73,6 +76,18 @@ _MESSAGE_COLUMNS = "m.id, m.chat_id, m.owner_id, u.username, m.text, m.nonce, m.
 _MESSAGE_JSON = """m.id AS id, json_strip_nulls(json_build_object(
     'id', m.id, 'chat_id', m.chat_id, 'owner_id', m.owner_id, 'username', u.username,
     'text', m.text, 'nonce', m.nonce, 'created_at', m.created_at))::text AS json"""
+# The terms ($1) as a tsquery: each term's lexemes, made by the same parser and
+# folding as the indexed texts, quoted (so no input is tsquery syntax) and ANDed,
+# those of the last term as prefixes; NULL (matching nothing) when no term has any.
+_SEARCH_QUERY = r"""SELECT nullif(string_agg(
+        '''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || ''''
+            || CASE WHEN t.n = cardinality($1::text[]) THEN ':*' ELSE '' END,
+        ' & '), '')::tsquery
+    FROM unnest($1::text[]) WITH ORDINALITY AS t (term, n),
+        unnest(tsvector_to_array(to_tsvector('simple', search_fold(t.term)))) AS lexeme"""
+# The chats a user ($4) may read: public ones and those they are a member of.
+_READABLE_CHATS = """m.chat_id IN (SELECT id FROM chats WHERE kind = 'public'
+                                UNION ALL SELECT chat_id FROM members WHERE user_id = $4)"""
 _INSERT_USER = f"""INSERT INTO users (email, username, username_key, password_hash)
                        VALUES ($1, $2, $3, $4)
                        RETURNING {_USER_COLUMNS}"""
@@ -435,6 +450,29 @@ class PostgresDatabase(Database):
                 chat_id, after, before, limit,
             )
         return [(row[0], row[1]) for row in rows] if as_json else [dict(row) for row in rows]
+
+    async def search_messages(
+        self, user_id: int, terms: Sequence[str], chat_id: int | None, before: int, limit: int
+    ) -> list[str]:
+        readable = "m.chat_id = $4" if chat_id is not None else _READABLE_CHATS
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            # The statement below is planned for these words, never by a cached generic
+            # plan: newest first along the primary key suits a frequent word, the GIN
+            # index a rare one, and the wrong choice costs a scan of every message.
+            query = await conn.fetchval(
+                f"""SELECT ({_SEARCH_QUERY})
+                    FROM set_config('plan_cache_mode', 'force_custom_plan', true)""",
+                list(terms),
+            )
+            if query is None:
+                return []
+            rows = await conn.fetch(
+                f"""SELECT {_MESSAGE_JSON} FROM messages m JOIN users u ON u.id = m.owner_id
+                    WHERE m.search @@ $1::tsquery AND m.id < $2 AND {readable}
+                    ORDER BY m.id DESC LIMIT $3""",
+                query, before, limit, user_id if chat_id is None else chat_id,
+            )
+        return [row[1] for row in rows]
 
     async def insert_messages(self, drafts: Sequence[Draft]) -> list[Stored]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -987,7 +1025,8 @@ async def _apply_schema(pool: asyncpg.Pool) -> str:
         # Two processes starting at once on an empty database would race to
         # create the same tables: one waits here for the other.
         await conn.execute(
-            """SELECT pg_advisory_xact_lock(hashtext('chatapi schema ' || current_schema()))"""
+            """SELECT pg_advisory_xact_lock(hashtext('chatapi schema ' || current_schema()))""",
+            timeout=MIGRATION_TIMEOUT,
         )
         if await conn.fetchval("""SELECT to_regclass('settings') IS NOT NULL"""):
             version = await conn.fetchval(
@@ -997,7 +1036,7 @@ async def _apply_schema(pool: asyncpg.Pool) -> str:
                 raise Unavailable(
                     f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
                 )
-        await conn.execute(schema_sql())
+        await conn.execute(schema_sql(), timeout=MIGRATION_TIMEOUT)
         return await conn.fetchval("""SELECT current_schema()""")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -15,7 +16,8 @@ from . import db, teams, typists
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import BUS, CONFIG, DB, HUB, METRICS, TYPISTS, WRITER
-from .validation import NUL, ApiError, is_int, is_utf8
+from .shapes import Choice, FieldError, Id, Shape, Text, is_utf8
+from .validation import ApiError
 from .writer import NOT_STORED
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,55 @@ MAX_NONCE = 64
 
 class FrameError(Exception):
     """A frame the server cannot accept; answered with an error frame."""
+
+
+# The frames a client sends. A refused field is answered "field reason" in an error frame.
+CHAT_ID = Id(null=True, reason="must be a positive integer")
+
+
+@functools.cache
+def post_frame(max_text: int) -> Shape:
+    """A message to post (`type` omitted or "message")."""
+    return Shape("PostFrame", {
+        "type": Choice(("message",), default="message"),
+        "chat_id": CHAT_ID,
+        "text": Text(1, max_text, blank=False, nul=False, reasons={
+            "required": "is required and must be a string",
+            "type": "is required and must be a string",
+            "empty": "must not be empty or only white space",
+            "unicode": "must be valid Unicode (no lone surrogates)",
+        }),
+        "nonce": Text(
+            1, MAX_NONCE, nul=False, null=True, default=None,
+            reason=f"must be a string of 1 to {MAX_NONCE} characters (not U+0000)",
+            description="makes the send idempotent",
+        ),
+    })
+
+
+JOIN_FRAME = Shape("JoinFrame", {
+    "type": Choice(("join",)),
+    "chat_id": CHAT_ID,
+    "since": Id(
+        0, null=True, default=None, reason="must be a message id (an integer of 0 or more)",
+        description="first every message with a greater id, then live ones",
+    ),
+})
+LEAVE_FRAME = Shape("LeaveFrame", {"type": Choice(("leave",)), "chat_id": CHAT_ID})
+READ_FRAME = Shape("ReadFrame", {
+    "type": Choice(("read",)),
+    "chat_id": CHAT_ID,
+    "message_id": teams.MESSAGE_ID,
+})
+TYPING_FRAME = Shape("TypingFrame", {"type": Choice(("typing",)), "chat_id": CHAT_ID})
+
+
+def read_frame(shape: Shape, frame: dict[str, Any]) -> dict[str, Any]:
+    """The frame's fields, checked; FrameError "field reason" at the first refusal."""
+    try:
+        return shape.read(frame)
+    except FieldError as exc:
+        raise FrameError(exc.frame_text()) from None
 
 
 def check_origin(request: web.Request) -> None:
@@ -171,15 +222,6 @@ async def handle_frame(app: web.Application, conn: Connection, data: str) -> Non
         conn.send(error_frame(str(exc), **extra))
 
 
-def chat_id_of(frame: dict[str, Any]) -> int:
-    chat_id = frame.get("chat_id")
-    if chat_id is None:
-        raise FrameError("chat_id is required")
-    if not is_int(chat_id) or not 1 <= chat_id <= db.MAX_ID:
-        raise FrameError("chat_id must be a positive integer")
-    return chat_id
-
-
 async def ensure_member(app: web.Application, conn: Connection, chat_id: int) -> None:
     """The check of every frame that acts in a chat: the socket's user may post there
     (joining a public chat makes them a member); FrameError as for an unknown chat."""
@@ -191,27 +233,8 @@ async def ensure_member(app: web.Application, conn: Connection, chat_id: int) ->
 
 
 async def post_message(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
-    chat_id = chat_id_of(frame)
-    text = frame.get("text")
-    max_text = app[CONFIG].max_text
-    if not isinstance(text, str):
-        raise FrameError("text is required and must be a string")
-    if not text.strip():
-        raise FrameError("text must not be empty or only white space")
-    if len(text) > max_text:
-        raise FrameError(f"text must be at most {max_text} characters")
-    if not is_utf8(text):
-        raise FrameError("text must be valid Unicode (no lone surrogates)")
-    if NUL in text:
-        raise FrameError("text must not contain the character U+0000")
-    nonce = frame.get("nonce")
-    if nonce is not None and not (
-        isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
-        and NUL not in nonce
-    ):
-        raise FrameError(
-            f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
-        )
+    post = read_frame(post_frame(app[CONFIG].max_text), frame)
+    chat_id, text, nonce = post["chat_id"], post["text"], post["nonce"]
 
     try:
         await ensure_member(app, conn, chat_id)
@@ -239,10 +262,8 @@ async def post_message(app: web.Application, conn: Connection, frame: dict[str, 
 
 
 async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
-    chat_id = chat_id_of(frame)
-    since = frame.get("since")
-    if since is not None and not (is_int(since) and 0 <= since <= db.MAX_ID):
-        raise FrameError("since must be a message id (an integer of 0 or more)")
+    wanted = read_frame(JOIN_FRAME, frame)
+    chat_id, since = wanted["chat_id"], wanted["since"]
     # A private chat the user is not a member of answers as an unknown chat.
     newest = None
     if await teams.enter_chat(app, conn.user_id, chat_id):
@@ -287,16 +308,16 @@ async def join(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
 
 
 def leave(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
-    chat_id = chat_id_of(frame)
+    chat_id = read_frame(LEAVE_FRAME, frame)["chat_id"]
     app[HUB].unsubscribe(chat_id, conn)
     conn.send(json.dumps({"type": "left", "chat_id": chat_id}))
 
 
 async def read(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
     """A read marker moved: every socket of the user (this one too) gets a `read` frame."""
-    chat_id = chat_id_of(frame)
+    marker = read_frame(READ_FRAME, frame)
     try:
-        await teams.mark_read(app, conn.user_id, chat_id, frame.get("message_id"))
+        await teams.mark_read(app, conn.user_id, marker["chat_id"], marker["message_id"])
     except ApiError as exc:
         raise FrameError(exc.message) from None
 
@@ -304,7 +325,7 @@ async def read(app: web.Application, conn: Connection, frame: dict[str, Any]) ->
 async def typing(app: web.Application, conn: Connection, frame: dict[str, Any]) -> None:
     """The user is typing in a chat: its other subscribers are told (chatapi/typists.py);
     more than one per user and chat every few seconds is dropped without an answer."""
-    chat_id = chat_id_of(frame)
+    chat_id = read_frame(TYPING_FRAME, frame)["chat_id"]
     await ensure_member(app, conn, chat_id)
     if app[TYPISTS].admit(conn.user_id, chat_id):
         app[BUS].typing(typists.typing_event(chat_id, conn.user_id, conn.username))

@@ -8,7 +8,6 @@ the bus (`Bus.route`).
 
 from __future__ import annotations
 
-import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,20 @@ from aiohttp import web
 from . import db
 from .auth import USER
 from .keys import BUS, CONFIG, DB
-from .validation import NUL, ApiError, invalid, is_int, json_object, string_field
+from .shapes import (
+    Bool,
+    Choice,
+    Either,
+    FieldError,
+    Id,
+    Ids,
+    Int,
+    Nested,
+    Shape,
+    Text,
+    Timestamp,
+)
+from .validation import ApiError, json_object
 
 KINDS = ("public", "private", "direct")
 ROLES = ("owner", "member")
@@ -27,7 +39,92 @@ MAX_MEMBERS_AT_CREATION = 100
 MAX_INVITE_USES = 1000
 MAX_INVITE_SECONDS = 365 * 86400
 DEFAULT_INVITE_SECONDS = 7 * 86400
-CHAT_FIELDS = ("id", "name", "owner_id", "created_at", "kind")
+
+CHAT = Shape("Chat", {
+    "id": Id(),
+    "name": Text(),
+    "owner_id": Id(),
+    "created_at": Timestamp(),
+    "kind": Choice(KINDS),
+}, closed=True)
+LISTED_CHAT = Shape("ListedChat", {
+    **CHAT.fields,
+    "is_member": Bool(),
+    "role": Choice(ROLES, default=None, description="members only"),
+    "last_read_id": Int(0, default=None, description="members only"),
+    "unread": Int(
+        0, UNREAD_CAP, default=None,
+        description="members only: messages after the read marker not sent by the caller; "
+        f"{UNREAD_CAP} when capped",
+    ),
+    "unread_capped": Bool(
+        default=None,
+        description=f"members only: more than {UNREAD_CAP} unread messages (the count is "
+        f"exact; `unread` shows at most {UNREAD_CAP}); show {UNREAD_CAP}+",
+    ),
+    "other_user": Nested(
+        Shape("OtherUser", {"id": Id(), "username": Text()}, closed=True),
+        default=None, description="direct chats only: the other member",
+    ),
+}, closed=True)
+JOINED_CHAT = Shape("JoinedChat", {**CHAT.fields, "role": Choice(ROLES)}, closed=True)
+
+CHAT_NAME = Text(1, 255, strip=True, nul=False, description="1 to 255 characters once trimmed.")
+USER_ID = Id(null=True, reason="must be a user id (a positive integer)")
+TEAM_CHAT = Shape("NewTeamChat", {
+    "name": CHAT_NAME,
+    "members": Ids(
+        MAX_MEMBERS_AT_CREATION, default=(),
+        reason=f"must be a list of at most {MAX_MEMBERS_AT_CREATION} user ids",
+        description="public and private chats: members besides the creator",
+    ),
+})
+NEW_CHAT = Either("NewChat", "kind", Choice(KINDS, default="public"), {
+    "public": TEAM_CHAT,
+    "private": TEAM_CHAT,
+    "direct": Shape("NewDirectChat", {
+        "user_id": Id(
+            null=True, reason=USER_ID.reasons["type"], description="direct chats: the other user"
+        ),
+        "name": Text(1, 255, strip=True, nul=False, default="direct"),
+    }),
+})
+
+CHAT_PATH = Shape("ChatPath", {
+    "chat_id": Int(
+        description="a chat; one the caller may not know of answers as an unknown chat"
+    ),
+})
+MEMBER_ID_PATH = Shape("MemberIdPath", {"user_id": Id()})
+MEMBER_PATH = Shape("MemberPath", {**CHAT_PATH.fields, **MEMBER_ID_PATH.fields})
+MEMBER = Shape("Member", {"user_id": Id(), "username": Text(), "role": Choice(ROLES)}, closed=True)
+NEW_MEMBER = Shape("NewMember", {"user_id": USER_ID, "role": Choice(ROLES, default="member")})
+# A missing role gets the same words as a wrong one.
+ROLE_CHANGE = Shape("RoleChange", {
+    "role": Choice(ROLES, reasons={"required": Choice(ROLES).reasons["type"]}),
+})
+CHANGED_ROLE = Shape("ChangedRole", {"user_id": Id(), "role": Choice(ROLES)}, closed=True)
+MESSAGE_ID = Id(0, reason="must be a message id (an integer of 0 or more)")
+READ_UP_TO = Shape("ReadUpTo", {"message_id": MESSAGE_ID})
+READ_MARKER = Shape("ReadMarker", {"chat_id": Id(), "last_read_id": Int(0)}, closed=True)
+NEW_INVITE = Shape("NewInvite", {
+    "expires_in": Int(
+        60, MAX_INVITE_SECONDS, default=DEFAULT_INVITE_SECONDS,
+        reason=f"must be seconds between 60 and {MAX_INVITE_SECONDS}",
+        description="seconds (default a week)",
+    ),
+    "uses": Int(
+        1, MAX_INVITE_USES, default=1,
+        reason=f"must be an integer between 1 and {MAX_INVITE_USES}",
+        description="registrations it allows (default 1)",
+    ),
+})
+INVITE = Shape("Invite", {
+    "code": Text(),
+    "expires_at": Timestamp(),
+    "uses_left": Int(0),
+    "created_at": Timestamp(),
+}, closed=True)
 
 
 def unknown_chat(chat_id: Any) -> ApiError:
@@ -70,7 +167,7 @@ async def enter_chat(app: web.Application, user_id: int, chat_id: int) -> bool:
 
 
 def chat_json(chat: dict[str, Any]) -> dict[str, Any]:
-    return {field: chat[field] for field in CHAT_FIELDS}
+    return CHAT.dump(chat)
 
 
 def listed_chat_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -118,33 +215,10 @@ def announce_chat(app: web.Application, chat: dict[str, Any], member_ids: list[i
 
 
 def chat_id_in_path(request: web.Request) -> int:
-    raw = request.match_info["chat_id"]
-    if not re.fullmatch(r"[0-9]{1,19}", raw):
-        raise unknown_chat(raw)
-    return int(raw)
-
-
-def chat_name(body: dict[str, Any]) -> str:
-    name = string_field(body, "name", max_len=255, strip=True)
-    if NUL in name:
-        raise invalid("name", "must not contain the character U+0000")
-    return name
-
-
-def user_id_field(body: dict[str, Any], field: str = "user_id") -> int:
-    value = body.get(field)
-    if value is None:
-        raise invalid(field, "is required")
-    if not is_int(value) or not 1 <= value <= db.MAX_ID:
-        raise invalid(field, "must be a user id (a positive integer)")
-    return value
-
-
-def role_field(body: dict[str, Any], default: str | None = None) -> str:
-    role = body.get("role", default)
-    if role not in ROLES:
-        raise invalid("role", "must be 'owner' or 'member'")
-    return role
+    try:
+        return CHAT_PATH.read_query(request.match_info)["chat_id"]
+    except FieldError:
+        raise unknown_chat(request.match_info["chat_id"]) from None
 
 
 # Chats
@@ -153,21 +227,14 @@ def role_field(body: dict[str, Any], default: str | None = None) -> str:
 async def create_chat(request: web.Request) -> web.Response:
     """POST /chats/create: a public chat (the base behaviour), a private one with
     members, or the caller's direct chat with another user (200 when it exists)."""
-    body = await json_object(request)
+    new = NEW_CHAT.read(await json_object(request))
     user = request[USER]
-    kind = body.get("kind", "public")
-    if kind not in KINDS:
-        raise invalid("kind", "must be 'public', 'private' or 'direct'")
+    kind = new["kind"]
     if kind == "direct":
-        return await _direct_chat(request, body, user)
-    name = chat_name(body)
-    members = body.get("members", [])
-    if not isinstance(members, list) or len(members) > MAX_MEMBERS_AT_CREATION or not all(
-        is_int(m) and 1 <= m <= db.MAX_ID for m in members
-    ):
-        raise invalid("members", f"must be a list of at most {MAX_MEMBERS_AT_CREATION} user ids")
+        return await _direct_chat(request, new, user)
+    members = list(new["members"])
     try:
-        chat = await db.create_team_chat(request.app[DB], name, kind, user["id"], members)
+        chat = await db.create_team_chat(request.app[DB], new["name"], kind, user["id"], members)
     except db.NotFound:
         raise ApiError(404, "a member id names no user") from None
     if kind == "public":
@@ -177,12 +244,11 @@ async def create_chat(request: web.Request) -> web.Response:
     return web.json_response(chat_json(chat), status=201)
 
 
-async def _direct_chat(request: web.Request, body: dict[str, Any], user: dict[str, Any]) -> web.Response:
-    other_id = user_id_field(body)
+async def _direct_chat(request: web.Request, new: dict[str, Any], user: dict[str, Any]) -> web.Response:
+    other_id, name = new["user_id"], new["name"]
     if other_id == user["id"]:
         # Well-formed, but a direct chat is between two users.
         raise ApiError(409, "a direct chat needs another user: user_id is your own id")
-    name = chat_name(body) if "name" in body else "direct"
     try:
         chat, created = await db.direct_chat(request.app[DB], user["id"], other_id, name)
     except db.NotFound:
@@ -239,9 +305,8 @@ async def list_members(request: web.Request) -> web.Response:
 async def add_member(request: web.Request) -> web.Response:
     """POST /chats/{id}/members {user_id, role?}: owners and admins add a member."""
     chat = await _managed_chat(request)
-    body = await json_object(request)
-    user_id = user_id_field(body)
-    role = role_field(body, "member")
+    new = NEW_MEMBER.read(await json_object(request))
+    user_id, role = new["user_id"], new["role"]
     try:
         member = await db.add_member(request.app[DB], chat["id"], user_id, role)
     except db.NotFound:
@@ -256,7 +321,7 @@ async def change_member(request: web.Request) -> web.Response:
     """PATCH /chats/{id}/members/{user_id} {role}: owners and admins change a role."""
     chat = await _managed_chat(request)
     user_id = _member_in_path(request)
-    role = role_field(await json_object(request))
+    role = ROLE_CHANGE.read(await json_object(request))["role"]
     try:
         changed = await db.set_role(request.app[DB], chat["id"], user_id, role)
     except db.LastOwner:
@@ -297,21 +362,19 @@ async def remove_member(request: web.Request) -> web.Response:
 
 
 def _member_in_path(request: web.Request) -> int:
-    raw = request.match_info["user_id"]
-    if not re.fullmatch(r"[0-9]{1,19}", raw):
-        raise ApiError(404, f"user {raw} does not exist")
-    return int(raw)
+    try:
+        return MEMBER_ID_PATH.read_query(request.match_info)["user_id"]
+    except FieldError:
+        raise ApiError(404, f"user {request.match_info['user_id']} does not exist") from None
 
 
 # Read markers
 
 
-async def mark_read(app: web.Application, user_id: int, chat_id: int, message_id: Any) -> int:
+async def mark_read(app: web.Application, user_id: int, chat_id: int, message_id: int) -> int:
     """Move the user's read marker of a chat forward and tell their sockets on every
     process; the marker. ApiError 404 as an unknown chat, 409 for a public chat the
     user has not joined."""
-    if not is_int(message_id) or not 0 <= message_id <= db.MAX_ID:
-        raise invalid("message_id", "must be a message id (an integer of 0 or more)")
     chat = await visible_chat(app, chat_id, {"id": user_id})
     if chat is None:
         raise unknown_chat(chat_id)
@@ -326,10 +389,8 @@ async def mark_read(app: web.Application, user_id: int, chat_id: int, message_id
 async def read_chat(request: web.Request) -> web.Response:
     """POST /chats/{id}/read {message_id}: the caller has read up to this message."""
     chat_id = chat_id_in_path(request)
-    body = await json_object(request)
-    if "message_id" not in body:
-        raise invalid("message_id", "is required")
-    marker = await mark_read(request.app, request[USER]["id"], chat_id, body["message_id"])
+    message_id = READ_UP_TO.read(await json_object(request))["message_id"]
+    marker = await mark_read(request.app, request[USER]["id"], chat_id, message_id)
     return web.json_response({"chat_id": chat_id, "last_read_id": marker})
 
 
@@ -341,15 +402,10 @@ async def create_invite(request: web.Request) -> web.Response:
     user = request[USER]
     if not user["is_admin"] and not request.app[CONFIG].member_invites:
         raise ApiError(403, "only admins create invite codes")
-    body = await json_object(request)
-    expires_in = body.get("expires_in", DEFAULT_INVITE_SECONDS)
-    if not is_int(expires_in) or not 60 <= expires_in <= MAX_INVITE_SECONDS:
-        raise invalid("expires_in", f"must be seconds between 60 and {MAX_INVITE_SECONDS}")
-    uses = body.get("uses", 1)
-    if not is_int(uses) or not 1 <= uses <= MAX_INVITE_USES:
-        raise invalid("uses", f"must be an integer between 1 and {MAX_INVITE_USES}")
+    new = NEW_INVITE.read(await json_object(request))
     code = secrets.token_urlsafe(16)
-    invite = await db.create_invite(request.app[DB], code, user["id"], now_text(expires_in), uses)
+    expires_at = now_text(new["expires_in"])
+    invite = await db.create_invite(request.app[DB], code, user["id"], expires_at, new["uses"])
     return web.json_response(invite, status=201)
 
 
@@ -364,7 +420,7 @@ async def check_registration(app: web.Application, body: dict[str, Any]) -> str 
     code = body.get("invite")
     if not isinstance(code, str) or not code:
         raise ApiError(403, "registration is by invite: send an invite code in 'invite'")
-    if len(code) > 100 or NUL in code or not await db.invite_usable(app[DB], code, now_text()):
+    if len(code) > 100 or "\x00" in code or not await db.invite_usable(app[DB], code, now_text()):
         raise ApiError(403, "registration is by invite: this invite code is invalid, expired or used up")
     return code
 

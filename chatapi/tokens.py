@@ -8,7 +8,6 @@ Revoking one closes the sockets it opened on every process (4001).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -17,16 +16,39 @@ from . import db
 from .auth import USER, new_api_token
 from .hub import REVOKED
 from .keys import DB, HUB
-from .validation import (
-    ApiError,
-    has_control_characters,
-    invalid,
-    json_object,
-    string_field,
-)
+from .shapes import FieldError, Id, Json, Shape, Text, Timestamp
+from .validation import ApiError, json_object
 
 MAX_TOKENS = 100  # per user
 MAX_NAME = 100
+
+NEW_TOKEN = Shape("NewApiToken", {
+    "name": Text(
+        1, MAX_NAME, strip=True, control=False,
+        description=f"1 to {MAX_NAME} characters once trimmed, no control characters; "
+        "need not be unique",
+    ),
+})
+TOKEN_FIELDS = {
+    "id": Id(),
+    "name": Text(1, MAX_NAME),
+    "created_at": Timestamp(),
+    "last_used_at": Json(
+        {"type": "string", "nullable": True},
+        description="null until first used; updated at most once a minute",
+    ),
+}
+TOKEN = Shape("ApiToken", TOKEN_FIELDS, closed=True)
+CREATED_TOKEN = Shape("CreatedApiToken", {
+    **TOKEN_FIELDS,
+    "token": Json(
+        {"type": "string", "pattern": "^chatapi_[0-9a-f]{64}$"},
+        description="shown this once: only its SHA-256 is kept",
+    ),
+}, closed=True)
+TOKEN_PATH = Shape("ApiTokenPath", {
+    "token_id": Id(description="one of the caller's tokens; any other value is a 404"),
+})
 
 
 def session_user(request: web.Request) -> dict[str, Any]:
@@ -39,35 +61,29 @@ def session_user(request: web.Request) -> dict[str, Any]:
     return user
 
 
-def token_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {field: row[field] for field in db.API_TOKEN_FIELDS}
-
-
 async def create_token(request: web.Request) -> web.Response:
     user = session_user(request)
     body = await json_object(request)
-    name = string_field(body, "name", max_len=MAX_NAME, strip=True)
-    if has_control_characters(name):  # U+0000 included
-        raise invalid("name", "must not contain control characters")
+    name = NEW_TOKEN.read(body)["name"]
     token, token_hash = new_api_token()
     row = await db.create_api_token(request.app[DB], user["id"], name, token_hash, MAX_TOKENS)
     if row is None:
         raise ApiError(409, f"too many API tokens (at most {MAX_TOKENS}): revoke one first")
-    return web.json_response({**token_json(row), "token": token}, status=201)
+    return web.json_response(CREATED_TOKEN.dump({**row, "token": token}), status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
     user = session_user(request)
     rows = await db.api_tokens_of(request.app[DB], user["id"])
-    return web.json_response([token_json(row) for row in rows])
+    return web.json_response([TOKEN.dump(row) for row in rows])
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     user = session_user(request)
-    raw = request.match_info["token_id"]
-    if not re.fullmatch(r"[0-9]{1,19}", raw) or int(raw) > db.MAX_ID:
-        raise ApiError(404, f"API token {raw} does not exist")
-    token_id = int(raw)
+    try:
+        token_id = TOKEN_PATH.read_query(request.match_info)["token_id"]
+    except FieldError:
+        raise ApiError(404, f"API token {request.match_info['token_id']} does not exist") from None
     if not await db.delete_api_token(request.app[DB], user["id"], token_id):
         raise ApiError(404, f"API token {token_id} does not exist")
     # This process's sockets now; other processes by the database's notification.

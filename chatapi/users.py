@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,17 +16,39 @@ from . import db, security, teams
 from .auth import USER, public
 from .hub import REVOKED
 from .keys import CONFIG, DB, HUB, SECRET, THROTTLE
-from .validation import (
-    NUL,
-    ApiError,
-    has_control_characters,
-    invalid,
-    json_object,
-    string_field,
-)
+from .shapes import Bool, Email, Id, Json, Shape, Text
+from .validation import ApiError, json_object
 
-# Deliberately loose: one @, something on both sides, a dot in the domain, no spaces.
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+REGISTRATION = Shape("Registration", {
+    "email": Email(description="At most 254 characters once trimmed; stored lower-cased."),
+    "username": Text(
+        3, 50, strip=True, control=False,
+        description="3 to 50 characters once trimmed, no control characters; "
+        "unique case-insensitively.",
+    ),
+    "password": Text(8, 128),
+    "invite": Json(
+        default=None,
+        description="an invite code (a string): required when registration is by invite",
+    ),
+})
+PASSWORD = Shape("Password", {"password": REGISTRATION.fields["password"]})
+CREDENTIALS = Shape("Credentials", {
+    "email": Text(1, 254, strip=True, lower=True),
+    "password": Text(1, 128),
+})
+SESSION = Shape("Session", {
+    "token": Text(description="a JWT: send it as a bearer token"),
+    "username": Text(),
+    "id": Id(),
+}, closed=True)
+USER_SHAPE = Shape("User", {
+    "id": Id(),
+    "email": Text(),
+    "username": Text(),
+    "is_online": Bool(),
+    "is_admin": Bool(default=None, description="GET /users/me only"),
+}, closed=True)
 
 
 @functools.cache
@@ -81,24 +102,14 @@ def auth_json(request: web.Request, user: dict[str, Any]) -> dict[str, Any]:
     return {"token": token, "username": user["username"], "id": user["id"]}
 
 
-def email_field(body: dict[str, Any]) -> str:
-    email = string_field(body, "email", max_len=254, strip=True)
-    if not EMAIL.fullmatch(email) or NUL in email:
-        raise invalid("email", "must be a valid email address")
-    return email.lower()
-
-
 def password_field(body: dict[str, Any]) -> str:
-    return string_field(body, "password", min_len=8, max_len=128)
+    return PASSWORD.read(body)["password"]
 
 
 def registration_fields(body: dict[str, Any]) -> tuple[str, str, str]:
     """(email, username, password) of a registration, checked; ApiError 400 otherwise."""
-    email = email_field(body)
-    username = string_field(body, "username", min_len=3, max_len=50, strip=True)
-    if has_control_characters(username):
-        raise invalid("username", "must not contain control characters")
-    return email, username, password_field(body)
+    values = REGISTRATION.read(body)
+    return values["email"], values["username"], values["password"]
 
 
 @public
@@ -125,9 +136,8 @@ async def register(request: web.Request) -> web.Response:
 
 @public
 async def login(request: web.Request) -> web.Response:
-    body = await json_object(request)
-    email = string_field(body, "email", max_len=254, strip=True).lower()
-    password = string_field(body, "password", max_len=128)
+    credentials = CREDENTIALS.read(await json_object(request))
+    email, password = credentials["email"], credentials["password"]
     # Counted before bcrypt runs: a flood of guesses costs no hashing, and guesses
     # sent at once meet the limit as if they came one after the other.
     reservation = await request.app[THROTTLE].reserve(email, request.remote or "unknown")

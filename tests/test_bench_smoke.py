@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, fanout, ingest
+from bench import shapes as shapes_bench
 from bench.common import baseline_server, chatapi_server, commit_floor, temp_dir
 from bench.common import create_database as bench_database
 from bench.experiments import EXPERIMENTS
@@ -107,3 +108,19 @@ async def test_the_trigger_cost_on_sqlite(capsys):
         "SQLite, batches of 1", "SQLite, batches of 64",
         "SQLite in memory, batches of 1", "SQLite in memory, batches of 64",
     ]
+
+
+def test_the_shapes_benchmark_runs(capsys):
+    assert shapes_bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| hand |" in out and "| own |" in out
+
+
+async def test_search_against_the_sqlite3_command_line():
+    from bench import search
+
+    outcome = await search.run(quick=True)
+    timed, cpu, ingest = outcome.rows
+    assert timed.ours > 0 and timed.baseline > 0 and timed.ratio == timed.ours / timed.baseline
+    assert len(outcome.raw["sqlite3_ms"]) == len(outcome.raw["server_ms"]) > 0
+    assert cpu.ours > 0 and ingest.ours > 0 and ingest.baseline > 0

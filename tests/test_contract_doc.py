@@ -58,9 +58,11 @@ def frame_types_in_code() -> set[str]:
     """Every frame type written as a {"type": ...} literal in the package (not the schema)."""
     found: set[str] = set()
     for module in (ROOT / "chatapi").glob("*.py"):
-        if not module.name.startswith("openapi"):  # JSON Schema's "type": "object" is no frame
+        # JSON Schema's "type": "object" (openapi*.py, shapes.py) is no frame.
+        if not module.name.startswith("openapi") and module.name != "shapes.py":
             found |= set(FRAME_TYPE.findall(module.read_text()))
-    return found
+    # Nor is a schema written beside a shape's field (Json({"type": "string", ...})).
+    return found - {"string", "integer", "number", "boolean", "object", "array"}
 
 
 def test_every_frame_type_in_the_code_is_documented():

@@ -479,7 +479,8 @@ async def test_two_processes_started_at_once_on_an_empty_database_both_serve(clu
         await conn.close()
     # Version 6: users, chats, messages, settings, nodes, presence, login_failures, the
     # Teams tables admins, members, direct_pairs, invites, the unread counts' chat_counts
-    # and sender_counts (version 3), and api_tokens.
+    # and sender_counts (version 3), and api_tokens (search, version 5, adds a column to
+    # messages).
     assert alice["username"] == "alice" and version == "6" and tables == 14
 
 

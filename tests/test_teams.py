@@ -328,6 +328,28 @@ async def test_members_are_added_promoted_and_leave(client, register):
     await assert_error(await client.get(members_url, headers=alice.headers), 404)
 
 
+
+@pytest.mark.parametrize(
+    ("chat_id", "user_id", "unknown"),
+    [
+        # An id no user can have is an unknown user (beyond 2**63-1 it was a 500 once).
+        *((None, user_id, f"user {user_id}") for user_id in
+          ("0", "9223372036854775808", "9999999999999999999", "x")),
+        # An id no chat can have is an unknown chat, whatever the member id.
+        *((chat_id, None, f"chat {chat_id}") for chat_id in ("abc", "-1", "0", "99999999999999999999")),
+    ],
+)
+async def test_ids_no_one_can_have_on_member_routes_are_unknown(client, register, chat_id, user_id,
+                                                                unknown):
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    chat_id = chat_id or await private_chat(client, alice)
+    url = f"/chats/{chat_id}/members/{user_id or bob['id']}"
+    for resp in (await client.delete(url, headers=alice.headers),
+                 await client.patch(url, json={"role": "owner"}, headers=alice.headers)):
+        body = await assert_error(resp, 404)
+        assert body["error"] == f"{unknown} does not exist"
+
+
 async def test_posting_in_a_public_chat_makes_a_member(client, register):
     alice, bob = await register(client, "alice"), await register(client, "bob")
     chat = await create_chat(client, alice, "lobby")
