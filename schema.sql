@@ -106,6 +106,17 @@ BEGIN
         ON CONFLICT (chat_id, owner_id) DO UPDATE SET messages = messages + 1;
 END;
 
+-- Nothing deletes messages yet; should something (an operator, a later feature), the
+-- counts follow.
+CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages
+BEGIN
+    UPDATE chat_counts SET messages = messages - 1 WHERE chat_id = OLD.chat_id;
+    UPDATE sender_counts SET messages = messages - 1
+        WHERE chat_id = OLD.chat_id AND owner_id = OLD.owner_id;
+    UPDATE members SET others_read = others_read - 1
+        WHERE chat_id = OLD.chat_id AND user_id != OLD.owner_id AND last_read_id >= OLD.id;
+END;
+
 PRAGMA user_version = 3;
 
 -- Search (schema version 5): a full-text index of message texts, kept by

@@ -153,6 +153,27 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Nothing deletes messages yet; should something (an operator, a later feature), the
+-- counts follow. (A feature deleting while markers move should take the chat's row
+-- lock, as a batch of inserts does: a marker's range count must not see a message
+-- that a delete committed meanwhile has taken off its reader's count.)
+CREATE OR REPLACE FUNCTION chatapi_uncount_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE chat_counts t SET messages = t.messages - r.n
+        FROM (SELECT chat_id, count(*) AS n FROM removed GROUP BY chat_id) r
+        WHERE t.chat_id = r.chat_id;
+    UPDATE sender_counts t SET messages = t.messages - r.n
+        FROM (SELECT chat_id, owner_id, count(*) AS n FROM removed GROUP BY chat_id, owner_id) r
+        WHERE t.chat_id = r.chat_id AND t.owner_id = r.owner_id;
+    UPDATE members m SET others_read = m.others_read - r.n
+        FROM (SELECT k.chat_id, k.user_id, count(*) AS n
+              FROM members k JOIN removed x
+                  ON x.chat_id = k.chat_id AND x.id <= k.last_read_id AND x.owner_id <> k.user_id
+              GROUP BY k.chat_id, k.user_id) r
+        WHERE m.chat_id = r.chat_id AND m.user_id = r.user_id;
+    RETURN NULL;
+END $$;
+
 -- Created only when missing (replacing a trigger would lock out the inserts of
 -- running processes). Missing, the counts were never kept (a database of version 2
 -- or older): they are counted once from the messages, in this (the schema's) transaction.
@@ -162,6 +183,12 @@ BEGIN
                    WHERE table_schema = current_schema() AND table_name = 'members'
                      AND column_name = 'others_read') THEN
         ALTER TABLE members ADD COLUMN others_read bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'messages'::regclass AND tgname = 'messages_uncounted') THEN
+        CREATE TRIGGER messages_uncounted AFTER DELETE ON messages
+            REFERENCING OLD TABLE AS removed
+            FOR EACH STATEMENT EXECUTE FUNCTION chatapi_uncount_messages();
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
                    WHERE tgrelid = 'messages'::regclass AND tgname = 'messages_counted') THEN

@@ -567,6 +567,27 @@ async def test_unread_counts_are_exact_at_every_marker_and_a_marker_moving_back_
         await ws.close()
 
 
+async def test_unread_counts_follow_deleted_messages(client, register, config):
+    alice, bob, carol = [await register(client, n) for n in ("alice", "bob", "carol")]
+    chat = await private_chat(client, alice, [bob["id"], carol["id"]])
+    await run_sql(
+        config.db_path, "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, ?)",
+        many=[(chat, (alice, bob, carol)[n % 3]["id"], f"m{n}") for n in range(30)],
+    )
+    ids = [row[0] for row in await run_sql(
+        config.db_path, "SELECT id FROM messages WHERE chat_id = ? ORDER BY id", chat)]
+    await client.post(f"/chats/{chat}/read", json={"message_id": ids[14]}, headers=bob.headers)
+    await client.post(f"/chats/{chat}/read", json={"message_id": ids[-1]}, headers=carol.headers)
+    # Some below the markers, some above, of every sender, in one statement.
+    await run_sql(config.db_path, "DELETE FROM messages WHERE chat_id = ? AND id % 4 = 1", chat)
+    left = await run_sql(config.db_path, "SELECT id, owner_id FROM messages WHERE chat_id = ?", chat)
+    for user in (alice, bob, carol):
+        mine = (await listed(client, user))[chat]
+        expected = sum(1 for id_, owner in left
+                       if id_ > mine["last_read_id"] and owner != user["id"])
+        assert mine["unread"] == expected, user["username"]
+
+
 async def test_reading_a_public_chat_one_has_not_joined_is_refused(client, register):
     alice, bob = await register(client, "alice"), await register(client, "bob")
     chat = await create_chat(client, alice, "lobby")
