@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     block = render(outcomes, command.strip(), started, seconds, args.loop)
     print("\n" + block)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.loop == "asyncio" else f"-{args.loop}"
+    # A PostgreSQL-only run has a block (and result files) of its own.
+    block_key = "-".join(
+        (["postgres"] if names == ["postgres"] else []) + ([] if args.loop == "asyncio" else [args.loop])
+    ) or "asyncio"
+    suffix = "" if block_key == "asyncio" else f"-{block_key}"
     suffix += f"-{args.experiment}" if args.experiment else ""
     (RESULTS / f"latest{suffix}.md").write_text(block)
     dump_json(RESULTS / f"latest{suffix}.json", {
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_md and args.experiment:
         print("not updating BENCHMARKS.md from an experiment run", flush=True)
     elif args.update_md:
-        if update_benchmarks(block, args.loop):
+        if update_benchmarks(block, block_key):
             print("BENCHMARKS.md updated", flush=True)
         else:
             print("BENCHMARKS.md has no results markers: not updated", flush=True)

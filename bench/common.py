@@ -176,6 +176,12 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
+    def parts(self) -> dict[int, str]:
+        """The processes whose CPU is this server's: pid -> "server" (its own code, whose
+        main thread is an event loop) or "database" (a database server process working
+        for it). A plain server is its one process."""
+        return {self.pid: "server"}
+
     def cpu(self) -> float:
         return process_cpu(self.pid)
 
@@ -233,7 +239,16 @@ def launch(module: str, *args: str) -> list[str]:
 
 def chatapi_server(db_path: str, bcrypt_rounds: int | None = 4, **env: str) -> Server:
     """`python -m chatapi --port 0 --db FILE`, access log off, known token secret."""
-    settings: dict[str, str | None] = {
+    return Server(
+        "chatapi",
+        launch("chatapi", "--host", HOST, "--port", "0", "--db", db_path),
+        chatapi_settings(bcrypt_rounds, **env),
+    )
+
+
+def chatapi_settings(bcrypt_rounds: int | None = 4, **env: str) -> dict[str, str | None]:
+    """The environment of a ChatAPI under test (chatapi_server)."""
+    return {
         "CHATAPI_ACCESS_LOG": "false",
         "CHATAPI_SECRET": SECRET,
         "CHATAPI_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER),
@@ -245,11 +260,6 @@ def chatapi_server(db_path: str, bcrypt_rounds: int | None = 4, **env: str) -> S
         "PYTHONPATH": str(ROOT),
         **env,
     }
-    return Server(
-        "chatapi",
-        launch("chatapi", "--host", HOST, "--port", "0", "--db", db_path),
-        settings,
-    )
 
 
 def baseline_server(mode: str) -> Server:
@@ -342,14 +352,11 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-@contextlib.asynccontextmanager
-async def postgres_database(users: int, chats: int, schema_suffix: str = "") -> AsyncIterator[str]:
-    """A fresh schema of the PostgreSQL database at CHATAPI_BENCH_POSTGRES_URL with the
-    server's schema, `users` users (user1..) and `chats` chats; its URL. Dropped after.
-    Two at once need different suffixes."""
+async def postgres_schema(schema: str, users: int, chats: int) -> str:
+    """Make `schema` afresh in the database at CHATAPI_BENCH_POSTGRES_URL with the
+    server's schema, `users` users (user1..) and `chats` chats; the URL that uses it."""
     import asyncpg
 
-    schema = f"bench{os.getpid()}{schema_suffix}"
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
@@ -365,11 +372,31 @@ async def postgres_database(users: int, chats: int, schema_suffix: str = "") -> 
             "INSERT INTO chats (id, name, owner_id) VALUES ($1, $2, 1)",
             [(i, f"chat {i}") for i in range(1, chats + 1)],
         )
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        yield f"{POSTGRES_URL}{sep}search_path={schema}"
     finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await conn.close()
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{sep}search_path={schema}"
+
+
+async def drop_postgres_schemas(schemas: Sequence[str]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        for schema in schemas:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(name: str, users: int, chats: int) -> AsyncIterator[str]:
+    """postgres_schema of a schema `bench<pid>_<name>`, dropped after; its URL."""
+    schema = f"bench{os.getpid()}_{name}"
+    try:
+        yield await postgres_schema(schema, users, chats)
+    finally:
+        await drop_postgres_schemas([schema])
 
 
 # Statistics
@@ -388,31 +415,51 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
 
+def server_sched(server: Server) -> dict[int, tuple[str, float, float, float]]:
+    """Per process of `server` (Server.parts): (part, CPU s, run-queue wait s, main thread CPU s)."""
+    out = {}
+    for pid, part in server.parts().items():
+        try:
+            run, wait = process_sched(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+        out[pid] = (part, run, wait, thread_cpu(pid, pid))
+    return out
+
+
 class Meter:
-    """CPU of the server and of this generator over a window, their run-queue waits, wall time."""
+    """CPU of the server and of this generator over a window, their run-queue waits, wall time.
+
+    The server's CPU is that of every process of Server.parts(): a process that
+    appears during the window counts from its start, one that ends is lost.
+    """
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.server0 = server_sched(server)
         self.wall0 = time.perf_counter()
-        self.server0 = process_sched(server.pid)
-        self.loop0 = thread_cpu(server.pid, server.pid)
         self.gen0 = process_sched("self")
         self.busy0 = cores_busy()
-        self.wall = self.server_cpu = self.gen_cpu = self.loop_cpu = 0.0
+        self.wall = self.server_cpu = self.gen_cpu = self.loop_cpu = self.database_cpu = 0.0
         self.server_wait = self.gen_wait = self.others = 0.0
 
     def stop(self) -> Meter:
         self.wall = time.perf_counter() - self.wall0
-        server = process_sched(self.server.pid)
+        busy = cores_busy()
         gen = process_sched("self")
-        self.server_cpu = server[0] - self.server0[0]
-        # the main thread: the event loop; the rest are the database's and executors' threads
-        self.loop_cpu = thread_cpu(self.server.pid, self.server.pid) - self.loop0
-        self.server_wait = server[1] - self.server0[1]
+        for pid, (part, run, wait, main) in server_sched(self.server).items():
+            _, run0, wait0, main0 = self.server0.get(pid, (part, 0.0, 0.0, 0.0))
+            self.server_cpu += run - run0
+            self.server_wait += wait - wait0
+            if part == "server":
+                # the main thread: the event loop; the rest are the database's and executors' threads
+                self.loop_cpu += main - main0
+            else:
+                self.database_cpu += run - run0
         self.gen_cpu = gen[0] - self.gen0[0]
         self.gen_wait = gen[1] - self.gen0[1]
         # Whatever else ran on the two cores: other people's work (10 ms resolution).
-        self.others = max(0.0, cores_busy() - self.busy0 - self.server_cpu - self.gen_cpu)
+        self.others = max(0.0, busy - self.busy0 - self.server_cpu - self.gen_cpu)
         return self
 
     @property
@@ -428,6 +475,8 @@ class Meter:
             "wall_s": self.wall,
             "server_cpu_s": self.server_cpu,
             "server_loop_cpu_s": self.loop_cpu,
+            # of server_cpu_s: the database server's processes (PostgreSQL backends)
+            "server_database_cpu_s": self.database_cpu,
             "generator_cpu_s": self.gen_cpu,
             "server_util": self.server_util,
             "generator_util": self.gen_util,

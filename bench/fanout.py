@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -189,30 +190,38 @@ async def point(
             Side(kind, stack.enter_context(starters[kind]()), chatapi=kind in CHATAPI_KINDS)
             for kind in kinds
         ]
-        try:
+        return await alternate(sides, n, rate, seconds, rounds)
+
+
+async def alternate(
+    sides: list[Side], n: int, rate: float, seconds: float, rounds: int
+) -> dict[str, list[dict]]:
+    """Each side's N subscribers and sender, a warm-up, then `rounds` windows of each
+    side in turn; the windows of each kind. The sides' sockets are closed after."""
+    try:
+        for side in sides:
+            await side.setup(n)
+            await side.warm_up()
+        await asyncio.sleep(1.0)
+        windows: dict[str, list[dict]] = {side.kind: [] for side in sides}
+        for r in range(rounds):
             for side in sides:
-                await side.setup(n)
-                await side.warm_up()
-            await asyncio.sleep(1.0)
-            windows: dict[str, list[dict]] = {side.kind: [] for side in sides}
-            for r in range(rounds):
-                for side in sides:
-                    name = f"fanout-{side.kind}-{n}"
-                    w = await side.window(n, rate, seconds, name if r == 0 else name + f"-{r}")
-                    w["setup_s"] = side.setup_s
-                    windows[side.kind].append(w)
-                    print(
-                        f"  fanout N={n} {side.kind:7s}: {w['cpu_per_frame_us']:5.1f} µs/frame,"
-                        f" p50 {w['p50_ms']:6.1f} ms, p99 {w['p99_ms']:6.1f} ms, "
-                        f"{w['delivered']}/{w['expected']} delivered; server "
-                        f"{w['server_util']:.0%}, generator {w['generator_util']:.0%}, "
-                        f"others {w['other_load']:.2f} cores",
-                        flush=True,
-                    )
-            return windows
-        finally:
-            for side in sides:
-                abort_all(side.clients)
+                name = re.sub(r"[^\w]+", "-", f"fanout-{side.kind}-{n}")
+                w = await side.window(n, rate, seconds, name if r == 0 else name + f"-{r}")
+                w["setup_s"] = side.setup_s
+                windows[side.kind].append(w)
+                print(
+                    f"  fanout N={n} {side.kind:7s}: {w['cpu_per_frame_us']:5.1f} µs/frame,"
+                    f" p50 {w['p50_ms']:6.1f} ms, p99 {w['p99_ms']:6.1f} ms, "
+                    f"{w['delivered']}/{w['expected']} delivered; server "
+                    f"{w['server_util']:.0%}, generator {w['generator_util']:.0%}, "
+                    f"others {w['other_load']:.2f} cores",
+                    flush=True,
+                )
+        return windows
+    finally:
+        for side in sides:
+            abort_all(side.clients)
 
 
 def floor_note(n: int, ours: dict, bare: dict, floor_us: float) -> str:

@@ -44,6 +44,7 @@ def profile(pid: int, name: str, rate: int = 200) -> Iterator[None]:
     raw = RESULTS / f"profile-{name}.collapsed"
     proc = subprocess.Popen(
         [exe, "record", "-p", str(pid), "-r", str(rate), "-f", "raw", "--threads", "--nonblocking",
+         "--subprocesses",  # `chatapi --workers N`: the supervisor's workers
          "-o", str(raw)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

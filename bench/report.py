@@ -185,18 +185,20 @@ def render(
     return "\n".join(parts) + "\n"
 
 
-def markers(loop: str = "asyncio") -> tuple[str, str]:
-    """The begin and end markers of a loop's results block (asyncio: the main one)."""
-    if loop == "asyncio":
+def markers(key: str = "asyncio") -> tuple[str, str]:
+    """The begin and end markers of a results block: "asyncio" the main one, else a
+    loop's ("uvloop") or a PostgreSQL-only run's ("postgres")."""
+    if key == "asyncio":
         return BEGIN, END
-    return BEGIN.replace("results", f"results-{loop}"), END.replace("results", f"results-{loop}")
+    return BEGIN.replace("results", f"results-{key}"), END.replace("results", f"results-{key}")
 
 
-def update_benchmarks(block: str, loop: str = "asyncio", path: Path = BENCHMARKS) -> bool:
-    """Replace a loop's generated block of BENCHMARKS.md; False when its markers are missing."""
+def update_benchmarks(block: str, key: str = "asyncio", path: Path = BENCHMARKS) -> bool:
+    """Replace a generated block of BENCHMARKS.md (see `markers`); False when its
+    markers are missing."""
     if not path.exists():
         return False
-    begin, end = markers(loop)
+    begin, end = markers(key)
     text = path.read_text()
     if begin not in text or end not in text:
         return False

@@ -76,8 +76,8 @@ async def _sqlite_opened(
 
 @contextlib.asynccontextmanager
 async def postgres_pair() -> AsyncIterator[tuple[db.Database, db.Database]]:
-    async with postgres_database(USERS, CHATS) as first, postgres_database(
-        USERS, CHATS, schema_suffix="b"
+    async with postgres_database("counted", USERS, CHATS) as first, postgres_database(
+        "plain", USERS, CHATS
     ) as second:
         counted, plain = await db.open_database(first), await db.open_database(second)
         try:

@@ -89,7 +89,7 @@ async def run(quick: bool = False, backend: str = "sqlite") -> Outcome:
             build(db, per_chat)
             counted, plain = await _measure(db, per_chat, rounds)
         else:
-            async with postgres_database(users=3, chats=CHATS) as db:
+            async with postgres_database("unread", users=3, chats=CHATS) as db:
                 await build_postgres(db, per_chat)
                 counted, plain = await _measure(db, per_chat, rounds)
         print(f"  unread: built and measured {per_chat * CHATS:,} messages in "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -108,6 +109,43 @@ async def test_the_trigger_cost_on_sqlite(capsys):
         "SQLite, batches of 1", "SQLite, batches of 64",
         "SQLite in memory, batches of 1", "SQLite in memory, batches of 64",
     ]
+
+
+async def test_postgres_against_the_same_baselines_in_1_and_2_processes(monkeypatch):
+    from conftest import POSTGRES_URL, in_thread, require_backend, run_sql
+
+    from bench import postgres
+
+    require_backend("postgres")  # skipped without PostgreSQL (failed when it is required)
+    monkeypatch.setattr(common, "POSTGRES_URL", POSTGRES_URL)
+    outcome = await postgres.run(plan=[(3, 20.0, 0.3)], seconds=0.3, rounds=1)
+    one, two = "1 process", "2 processes (--workers 2)"
+    for kind in ("bare", one, two):
+        assert all(w["acked"] > 0 for w in outcome.raw["ingest"][kind]), kind
+    delivered_everything(outcome.raw["n3"])
+    for kind in (one, two):  # the backends serving the servers were found and counted
+        assert all(w["server_database_cpu_s"] > 0 for w in outcome.raw["ingest"][kind]), kind
+        assert all(w["server_database_cpu_s"] > 0 for w in outcome.raw["n3"][kind]), kind
+    rows = {(row.scenario, row.metric): row for row in outcome.rows}
+    for kind in (one, two):
+        ingest_row = rows[(f"6. PostgreSQL ingest, 64 senders / 16 chats, {kind}",
+                           "acknowledged messages per second")]
+        assert ingest_row.baseline_name == "bare broadcast, 16 chats × 4 sockets"
+        assert ingest_row.target == "≥ 0.6×" and ingest_row.met is not None
+        fanout_row = rows[(f"6. PostgreSQL fan-out N=3, 20 msg/s, {kind}",
+                           "server CPU per delivered frame")]
+        assert fanout_row.baseline_name == "bare broadcast" and fanout_row.target == "≤ 1.15×"
+        assert any("PostgreSQL backends" in note for note in fanout_row.notes)
+    change = rows[(f"6. PostgreSQL ingest, 64 senders / 16 chats, {two} against {one}",
+                   "acknowledged messages per second")]
+    assert change.baseline_name == "ChatAPI on PostgreSQL, 1 process" and change.met is None
+    assert (f"6. PostgreSQL fan-out N=3, 20 msg/s, {two} against {one}",
+            "p99 delivery latency") in rows
+    for row in outcome.rows:
+        assert row.ours > 0 and row.baseline > 0 and not math.isnan(row.ratio)
+    left = in_thread(run_sql(POSTGRES_URL, "SELECT count(*) FROM pg_namespace WHERE nspname "
+                                           f"LIKE 'bench{os.getpid()}\\_%'"))
+    assert left == [(0,)], left  # the schemas of the run were dropped
 
 
 def test_the_shapes_benchmark_runs(capsys):

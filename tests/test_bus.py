@@ -72,6 +72,41 @@ async def test_many_ids_are_split_over_notifications_below_the_payload_limit(dat
 
 
 @pytest.mark.postgres_only
+async def test_new_messages_are_read_back_per_chat_from_each_position(database, monkeypatch):
+    """The bus's read of new rows: every chat's messages after its own position, in
+    (chat, id) order, a quiet chat's among busy ones' included, at most CATCH_UP_ROWS."""
+    from chatapi import db, postgres
+
+    store = await postgres.open_database(database)
+    try:
+        user = await store.create_user("ann@example.com", "ann", "x")
+        quiet, busy, other = [(await store.create_chat(name, user["id"]))["id"]
+                              for name in ("quiet", "busy", "other")]
+
+        async def post(chat_id: int, text: str) -> int:
+            (stored,) = await store.insert_messages([db.Draft(chat_id, user["id"], "ann", text)])
+            return stored.message["id"]
+
+        old = await post(quiet, "old")
+        ids = {busy: [], other: []}
+        for n in range(40):
+            for chat_id in (busy, other):
+                ids[chat_id].append(await post(chat_id, f"{chat_id}/{n}"))
+        new = await post(quiet, "new")
+        positions = {other: ids[other][29], quiet: old, busy: ids[busy][9]}
+        expected = [(quiet, new)] + [(busy, i) for i in ids[busy][10:]] + [
+            (other, i) for i in ids[other][30:]]
+        rows = await store.messages_after(positions)
+        assert [(row["chat_id"], row["id"]) for row in rows] == sorted(expected)
+        assert rows[0]["text"] == "new" and rows[0]["username"] == "ann"
+        monkeypatch.setattr(postgres, "CATCH_UP_ROWS", 5)
+        rows = await store.messages_after(positions)
+        assert [(row["chat_id"], row["id"]) for row in rows] == sorted(expected)[:5]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres_only
 async def test_a_logout_missed_while_the_listener_was_away_still_closes_the_socket(
     aiohttp_client, config, register
 ):
