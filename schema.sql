@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS members (
     user_id      INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     role         TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'member')),
     last_read_id INTEGER NOT NULL DEFAULT 0,         -- moves forward only
+    others_read  INTEGER NOT NULL DEFAULT 0,         -- others' messages at or below the marker
     PRIMARY KEY (chat_id, user_id)
 );
 
@@ -85,6 +86,44 @@ CREATE TABLE IF NOT EXISTS invites (
 );
 
 PRAGMA user_version = 2;
+
+-- Unread counts (schema version 3), kept by the transaction that stores a message
+-- so that a member's count is one row per chat: unread = chat_counts.messages -
+-- sender_counts.messages (the member's own) - members.others_read. others_read is
+-- added to a version 2 database, and these tables filled, by chatapi/sqlite.py.
+
+CREATE TABLE IF NOT EXISTS chat_counts (
+    chat_id  INTEGER PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE,
+    messages INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS sender_counts (
+    chat_id  INTEGER NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    owner_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    messages INTEGER NOT NULL,
+    PRIMARY KEY (chat_id, owner_id)
+);
+
+CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages
+BEGIN
+    INSERT INTO chat_counts (chat_id, messages) VALUES (NEW.chat_id, 1)
+        ON CONFLICT (chat_id) DO UPDATE SET messages = messages + 1;
+    INSERT INTO sender_counts (chat_id, owner_id, messages) VALUES (NEW.chat_id, NEW.owner_id, 1)
+        ON CONFLICT (chat_id, owner_id) DO UPDATE SET messages = messages + 1;
+END;
+
+-- Nothing deletes messages yet; should something (an operator, a later feature), the
+-- counts follow.
+CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages
+BEGIN
+    UPDATE chat_counts SET messages = messages - 1 WHERE chat_id = OLD.chat_id;
+    UPDATE sender_counts SET messages = messages - 1
+        WHERE chat_id = OLD.chat_id AND owner_id = OLD.owner_id;
+    UPDATE members SET others_read = others_read - 1
+        WHERE chat_id = OLD.chat_id AND user_id != OLD.owner_id AND last_read_id >= OLD.id;
+END;
+
+PRAGMA user_version = 3;
 
 -- Messages that change (schema version 4): `seq` is null until a message first
 -- changes (it then reads as its id); every edit, delete or reaction takes a new

@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS members (
     user_id      bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     role         text   NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'member')),
     last_read_id bigint NOT NULL DEFAULT 0,          -- moves forward only
+    others_read  bigint NOT NULL DEFAULT 0,          -- others' messages at or below the marker
     PRIMARY KEY (chat_id, user_id)
 );
 
@@ -119,6 +120,93 @@ INSERT INTO members (chat_id, user_id, role)
     WHERE (SELECT value FROM settings WHERE key = 'schema_version') = '1'
     ON CONFLICT DO NOTHING;
 UPDATE settings SET value = '2' WHERE key = 'schema_version' AND value = '1';
+
+-- Unread counts (schema version 3), kept by the transaction that stores a message
+-- so that a member's count is one row per chat: unread = chat_counts.messages -
+-- sender_counts.messages (the member's own) - members.others_read. A batch of
+-- messages is one INSERT under its chats' row locks (chatapi/postgres.py:
+-- insert_messages), so a statement trigger adds each chat's and sender's share
+-- once per batch, and the count rows of a chat are written only by the holder
+-- of its lock.
+
+CREATE TABLE IF NOT EXISTS chat_counts (
+    chat_id  bigint PRIMARY KEY REFERENCES chats (id) ON DELETE CASCADE,
+    messages bigint NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS sender_counts (
+    chat_id  bigint NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
+    owner_id bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    messages bigint NOT NULL,
+    PRIMARY KEY (chat_id, owner_id)
+);
+
+CREATE OR REPLACE FUNCTION chatapi_count_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO chat_counts AS t (chat_id, messages)
+        SELECT chat_id, count(*) FROM stored GROUP BY chat_id ORDER BY chat_id
+        ON CONFLICT (chat_id) DO UPDATE SET messages = t.messages + excluded.messages;
+    INSERT INTO sender_counts AS t (chat_id, owner_id, messages)
+        SELECT chat_id, owner_id, count(*) FROM stored GROUP BY chat_id, owner_id
+        ORDER BY chat_id, owner_id
+        ON CONFLICT (chat_id, owner_id) DO UPDATE SET messages = t.messages + excluded.messages;
+    RETURN NULL;
+END $$;
+
+-- Nothing deletes messages yet; should something (an operator, a later feature), the
+-- counts follow. (A feature deleting while markers move should take the chat's row
+-- lock, as a batch of inserts does: a marker's range count must not see a message
+-- that a delete committed meanwhile has taken off its reader's count.)
+CREATE OR REPLACE FUNCTION chatapi_uncount_messages() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE chat_counts t SET messages = t.messages - r.n
+        FROM (SELECT chat_id, count(*) AS n FROM removed GROUP BY chat_id) r
+        WHERE t.chat_id = r.chat_id;
+    UPDATE sender_counts t SET messages = t.messages - r.n
+        FROM (SELECT chat_id, owner_id, count(*) AS n FROM removed GROUP BY chat_id, owner_id) r
+        WHERE t.chat_id = r.chat_id AND t.owner_id = r.owner_id;
+    UPDATE members m SET others_read = m.others_read - r.n
+        FROM (SELECT k.chat_id, k.user_id, count(*) AS n
+              FROM members k JOIN removed x
+                  ON x.chat_id = k.chat_id AND x.id <= k.last_read_id AND x.owner_id <> k.user_id
+              GROUP BY k.chat_id, k.user_id) r
+        WHERE m.chat_id = r.chat_id AND m.user_id = r.user_id;
+    RETURN NULL;
+END $$;
+
+-- Created only when missing (replacing a trigger would lock out the inserts of
+-- running processes). Missing, the counts were never kept (a database of version 2
+-- or older): they are counted once from the messages, in this (the schema's) transaction.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'members'
+                     AND column_name = 'others_read') THEN
+        ALTER TABLE members ADD COLUMN others_read bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'messages'::regclass AND tgname = 'messages_uncounted') THEN
+        CREATE TRIGGER messages_uncounted AFTER DELETE ON messages
+            REFERENCING OLD TABLE AS removed
+            FOR EACH STATEMENT EXECUTE FUNCTION chatapi_uncount_messages();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'messages'::regclass AND tgname = 'messages_counted') THEN
+        CREATE TRIGGER messages_counted AFTER INSERT ON messages
+            REFERENCING NEW TABLE AS stored
+            FOR EACH STATEMENT EXECUTE FUNCTION chatapi_count_messages();
+        DELETE FROM chat_counts;
+        DELETE FROM sender_counts;
+        INSERT INTO chat_counts (chat_id, messages)
+            SELECT chat_id, count(*) FROM messages GROUP BY chat_id;
+        INSERT INTO sender_counts (chat_id, owner_id, messages)
+            SELECT chat_id, owner_id, count(*) FROM messages GROUP BY chat_id, owner_id;
+        UPDATE members m SET others_read = (
+            SELECT count(*) FROM messages x
+            WHERE x.chat_id = m.chat_id AND x.id <= m.last_read_id AND x.owner_id <> m.user_id);
+    END IF;
+END $$;
+UPDATE settings SET value = '3' WHERE key = 'schema_version' AND value IN ('1', '2');
 
 -- Messages that change (schema version 4): `seq` is null until a message first
 -- changes (it then reads as its id); every edit, delete or reaction takes a new

@@ -1,4 +1,4 @@
-"""`python -m bench [all|fanout|ingest|history|connections|login|unread|search|changes ...]`.
+"""`python -m bench [all|fanout|ingest|history|connections|login|unread|search|changes|postgres|unread_postgres ...]`.
 
 The ChatAPI server (and each baseline server) runs pinned to core 0, this process
 (the load generator) to core 1. Results: printed, written to bench/results/latest.md
@@ -25,10 +25,10 @@ from .report import render, update_benchmarks
 
 SCENARIOS = (
     "fanout", "ingest", "history", "connections", "login", "unread", "search", "changes",
-    "postgres",
+    "postgres", "unread_postgres",
 )
-# `all`: the SQLite scenarios; `postgres` needs a PostgreSQL server and is run by name.
-ALL = SCENARIOS[:-1]
+# `all`: the SQLite scenarios; the PostgreSQL ones need a PostgreSQL server and are run by name.
+ALL = SCENARIOS[:-2]
 
 
 def main(argv: list[str] | None = None) -> int:

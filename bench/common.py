@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -387,6 +387,16 @@ async def drop_postgres_schemas(schemas: Sequence[str]) -> None:
             await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(name: str, users: int, chats: int) -> AsyncIterator[str]:
+    """postgres_schema of a schema `bench<pid>_<name>`, dropped after; its URL."""
+    schema = f"bench{os.getpid()}_{name}"
+    try:
+        yield await postgres_schema(schema, users, chats)
+    finally:
+        await drop_postgres_schemas([schema])
 
 
 # Statistics

@@ -231,7 +231,7 @@ class Database(ABC):
     async def chat_access(self, chat_id: int, user_id: int) -> dict[str, Any] | None: ...
 
     @abstractmethod
-    async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]: ...
+    async def chats_of(self, user_id: int) -> list[dict[str, Any]]: ...
 
     @abstractmethod
     async def members_of(self, chat_id: int) -> list[dict[str, Any]]: ...
@@ -548,12 +548,12 @@ async def chat_access(db: Database, chat_id: int, user_id: int) -> dict[str, Any
     return await db.chat_access(chat_id, user_id)
 
 
-async def chats_of(db: Database, user_id: int, cap: int) -> list[dict[str, Any]]:
+async def chats_of(db: Database, user_id: int) -> list[dict[str, Any]]:
     """Public chats and the user's own, by id: kind, role, last_read_id and, for member
-    chats, `counted` (messages after the marker, counted up to `cap` + 1) and `unread`
-    (the others' among them; `cap` once `counted` is over it), and for a direct chat
-    the other user (`other_id`, `other_username`)."""
-    return await db.chats_of(user_id, cap)
+    chats, `unread` (the others' messages after the marker, exact, read from counts kept
+    by the storing transaction), and for a direct chat the other user (`other_id`,
+    `other_username`)."""
+    return await db.chats_of(user_id)
 
 
 async def members_of(db: Database, chat_id: int) -> list[dict[str, Any]]:

@@ -709,32 +709,25 @@ class PostgresDatabase(Database):
         )
         return dict(row) if row else None
 
-    async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]:
-        # `counted` reads at most cap + 1 entries of the (chat_id, id) index past the
-        # marker; only a chat with at most `cap` of them has its own messages told
-        # apart, reading at most `cap` rows (CASE evaluates that subquery only then).
+    async def chats_of(self, user_id: int) -> list[dict[str, Any]]:
+        # One row of each count table per chat, kept by the storing transaction.
         rows = await self.pool.fetch(
             """SELECT c.id, c.name, c.owner_id, c.created_at, c.kind, m.role, m.last_read_id,
-                      w.counted,
-                      CASE WHEN w.counted IS NULL THEN NULL
-                           WHEN w.counted > $2 THEN $2
-                           ELSE (SELECT count(*) FROM messages x
-                                 WHERE x.chat_id = c.id AND x.id > m.last_read_id
-                                   AND x.owner_id <> $1) END AS unread,
+                      CASE WHEN m.user_id IS NULL THEN NULL
+                           ELSE coalesce(n.messages, 0) - coalesce(s.messages, 0) - m.others_read
+                      END AS unread,
                       o.id AS other_id, o.username AS other_username
                FROM chats c
                LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = $1
-               LEFT JOIN LATERAL (
-                   SELECT count(*) AS counted FROM (
-                       SELECT 1 FROM messages
-                       WHERE chat_id = c.id AND id > m.last_read_id
-                       ORDER BY id LIMIT $2 + 1) x) w ON m.user_id IS NOT NULL
+               LEFT JOIN chat_counts n ON n.chat_id = c.id AND m.user_id IS NOT NULL
+               LEFT JOIN sender_counts s
+                   ON s.chat_id = c.id AND s.owner_id = $1 AND m.user_id IS NOT NULL
                LEFT JOIN direct_pairs d ON d.chat_id = c.id
                LEFT JOIN users o
                    ON o.id = CASE WHEN d.low_id = $1 THEN d.high_id ELSE d.low_id END
                WHERE c.kind = 'public' OR m.user_id IS NOT NULL
                ORDER BY c.id""",
-            user_id, cap,
+            user_id,
         )
         return [dict(row) for row in rows]
 
@@ -781,9 +774,28 @@ class PostgresDatabase(Database):
         return status != "UPDATE 0"
 
     async def mark_read(self, chat_id: int, user_id: int, message_id: int) -> int:
+        # The marker moves forward only, never past the chat's newest message;
+        # others_read moves with it in this statement: to the others' total when the
+        # marker reaches the newest message (two count rows), else by the others'
+        # messages between the old marker and the new one (a range of the chat's index).
+        # One snapshot reads the newest id and the counts: the transaction that stored
+        # a message also counted it, and a chat's ids commit in order (its row lock).
         marker = await self.pool.fetchval(
-            """UPDATE members SET last_read_id = greatest(last_read_id, least($3::bigint,
-                   (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1)))
+            """UPDATE members SET
+                   last_read_id = greatest(last_read_id, least($3::bigint, c.newest)),
+                   others_read = CASE
+                       WHEN least($3::bigint, c.newest) <= last_read_id THEN others_read
+                       WHEN $3::bigint >= c.newest THEN c.total - c.own
+                       ELSE others_read + (SELECT count(*) FROM messages x
+                                           WHERE x.chat_id = $1 AND x.id > members.last_read_id
+                                             AND x.id <= $3::bigint AND x.owner_id <> $2)
+                   END
+               FROM (SELECT
+                         (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = $1) AS newest,
+                         coalesce((SELECT messages FROM chat_counts WHERE chat_id = $1), 0)
+                             AS total,
+                         coalesce((SELECT messages FROM sender_counts
+                                   WHERE chat_id = $1 AND owner_id = $2), 0) AS own) AS c
                WHERE chat_id = $1 AND user_id = $2
                RETURNING last_read_id""",
             chat_id, user_id, message_id,

@@ -387,32 +387,25 @@ class SQLiteDatabase(Database):
         )
         return dict(rows[0]) if rows else None
 
-    async def chats_of(self, user_id: int, cap: int) -> list[dict[str, Any]]:
-        # `counted` reads at most cap + 1 entries of the (chat_id, id) index past the
-        # marker, never a row; only a chat with at most `cap` of them has its own
-        # messages told apart, reading at most `cap` rows.
+    async def chats_of(self, user_id: int) -> list[dict[str, Any]]:
+        # One row of each count table per chat, kept by the storing transaction.
         rows = await self.read(
-            f"""SELECT t.*, CASE WHEN t.counted IS NULL THEN NULL
-                                 WHEN t.counted > :cap THEN :cap
-                                 ELSE (SELECT count(*) FROM messages x
-                                       WHERE x.chat_id = t.id AND x.id > t.last_read_id
-                                         AND x.owner_id != :user) END AS unread
-                FROM (
-                    SELECT {_CHAT_COLUMNS}, m.role, m.last_read_id,
-                        CASE WHEN m.user_id IS NULL THEN NULL ELSE (
-                            SELECT count(*) FROM (
-                                SELECT 1 FROM messages x
-                                WHERE x.chat_id = c.id AND x.id > m.last_read_id
-                                ORDER BY x.id LIMIT :cap + 1)) END AS counted,
-                        o.id AS other_id, o.username AS other_username
-                    FROM chats c
-                    LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = :user
-                    LEFT JOIN direct_pairs d ON d.chat_id = c.id
-                    LEFT JOIN users o
-                        ON o.id = CASE WHEN d.low_id = :user THEN d.high_id ELSE d.low_id END
-                    WHERE c.kind = 'public' OR m.user_id IS NOT NULL) t
-                ORDER BY t.id""",
-            {"user": user_id, "cap": cap},
+            f"""SELECT {_CHAT_COLUMNS}, m.role, m.last_read_id,
+                    CASE WHEN m.user_id IS NULL THEN NULL
+                         ELSE coalesce(n.messages, 0) - coalesce(s.messages, 0) - m.others_read
+                    END AS unread,
+                    o.id AS other_id, o.username AS other_username
+                FROM chats c
+                LEFT JOIN members m ON m.chat_id = c.id AND m.user_id = :user
+                LEFT JOIN chat_counts n ON n.chat_id = c.id AND m.user_id IS NOT NULL
+                LEFT JOIN sender_counts s
+                    ON s.chat_id = c.id AND s.owner_id = :user AND m.user_id IS NOT NULL
+                LEFT JOIN direct_pairs d ON d.chat_id = c.id
+                LEFT JOIN users o
+                    ON o.id = CASE WHEN d.low_id = :user THEN d.high_id ELSE d.low_id END
+                WHERE c.kind = 'public' OR m.user_id IS NOT NULL
+                ORDER BY c.id""",
+            {"user": user_id},
         )
         return [dict(row) for row in rows]
 
@@ -465,11 +458,7 @@ class SQLiteDatabase(Database):
     async def mark_read(self, chat_id: int, user_id: int, message_id: int) -> int:
         async with self.transaction() as conn:
             rows = await conn.execute_fetchall(
-                """UPDATE members SET last_read_id = max(last_read_id, min(?,
-                       (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = ?)))
-                   WHERE chat_id = ? AND user_id = ?
-                   RETURNING last_read_id""",
-                (message_id, chat_id, chat_id, user_id),
+                _MARK_READ, {"chat": chat_id, "user": user_id, "to": message_id}
             )
         if not rows:
             raise NotFound(f"user {user_id} is not a member of chat {chat_id}")
@@ -810,8 +799,13 @@ async def open_database(path: str) -> SQLiteDatabase:
             raise sqlite3.DatabaseError(
                 f"database schema version {version} is newer than this server's {SCHEMA_VERSION}"
             )
-        await writer.executescript(schema_sql())
-        await _migrate(writer, version)
+        # Were the unread counts kept? Then schema.sql, the migration and the fill of
+        # the counts commit as one transaction: a crash in between leaves them all out.
+        counted = bool(await writer.execute_fetchall(
+            """SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'messages_counted'"""
+        ))
+        await writer.executescript("BEGIN IMMEDIATE;\n" + schema_sql())
+        await _migrate(writer, version, counted)
         await _build_search_index(writer)
         await writer.commit()
         # An in-memory database exists only on its one connection.
@@ -825,8 +819,10 @@ async def open_database(path: str) -> SQLiteDatabase:
 # Teams: admins, chat kinds, members, read markers, invites
 
 
-async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
-    """Bring a database of an older schema version up to this one (after schema.sql)."""
+async def _migrate(conn: aiosqlite.Connection, version: int, counted: bool) -> None:
+    """Bring a database of an older schema version up to this one (after schema.sql, in
+    its transaction): what is missing is detected, so running it again changes nothing.
+    `counted`: the trigger keeping the unread counts was there before schema.sql ran."""
     columns = {row[1] for row in await conn.execute_fetchall("""PRAGMA table_info(chats)""")}
     if "kind" not in columns:
         await conn.execute(
@@ -848,9 +844,54 @@ async def _migrate(conn: aiosqlite.Connection, version: int) -> None:
             """INSERT OR IGNORE INTO members (chat_id, user_id, role)
                SELECT id, owner_id, 'owner' FROM chats"""
         )
+    columns = {row[1] for row in await conn.execute_fetchall("""PRAGMA table_info(members)""")}
+    if "others_read" not in columns:
+        await conn.execute(
+            """ALTER TABLE members ADD COLUMN others_read INTEGER NOT NULL DEFAULT 0"""
+        )
+    if not counted:
+        # The counts were never kept: counted once from the messages; the trigger
+        # (schema.sql) keeps them from here on.
+        for statement in _FILL_COUNTS:
+            await conn.execute(statement)
 
+
+_FILL_COUNTS = (
+    """DELETE FROM chat_counts""",
+    """DELETE FROM sender_counts""",
+    """INSERT INTO chat_counts (chat_id, messages)
+       SELECT chat_id, count(*) FROM messages GROUP BY chat_id""",
+    """INSERT INTO sender_counts (chat_id, owner_id, messages)
+       SELECT chat_id, owner_id, count(*) FROM messages GROUP BY chat_id, owner_id""",
+    """UPDATE members SET others_read = (
+           SELECT count(*) FROM messages x
+           WHERE x.chat_id = members.chat_id AND x.id <= members.last_read_id
+             AND x.owner_id != members.user_id)""",
+)
 
 _CHAT_COLUMNS = "c.id, c.name, c.owner_id, c.created_at, c.kind"
+
+# The marker moves forward only, never past the chat's newest message; others_read
+# moves with it in the same statement: to the others' total when the marker reaches
+# the newest message (two count rows), else by the others' messages between the old
+# marker and the new one (a range of the chat's index).
+_MARK_READ = """
+    UPDATE members SET
+        last_read_id = max(last_read_id, min(:to, c.newest)),
+        others_read = CASE
+            WHEN min(:to, c.newest) <= last_read_id THEN others_read
+            WHEN :to >= c.newest THEN c.total - c.own
+            ELSE others_read + (SELECT count(*) FROM messages x
+                                WHERE x.chat_id = :chat AND x.id > members.last_read_id
+                                  AND x.id <= :to AND x.owner_id != :user)
+        END
+    FROM (SELECT
+              (SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = :chat) AS newest,
+              coalesce((SELECT messages FROM chat_counts WHERE chat_id = :chat), 0) AS total,
+              coalesce((SELECT messages FROM sender_counts
+                        WHERE chat_id = :chat AND owner_id = :user), 0) AS own) AS c
+    WHERE chat_id = :chat AND user_id = :user
+    RETURNING last_read_id"""
 
 
 async def _last_owner(conn: aiosqlite.Connection, chat_id: int, user_id: int) -> bool:

@@ -34,7 +34,7 @@ from .validation import ApiError, json_object
 
 KINDS = ("public", "private", "direct")
 ROLES = ("owner", "member")
-UNREAD_CAP = 999  # counts stop here (flagged): a chat list costs a bounded range per chat
+UNREAD_CAP = 999  # counts are exact; a list shows at most this many, flagged (a badge's "999+")
 MAX_MEMBERS_AT_CREATION = 100
 MAX_INVITE_USES = 1000
 MAX_INVITE_SECONDS = 365 * 86400
@@ -59,8 +59,8 @@ LISTED_CHAT = Shape("ListedChat", {
     ),
     "unread_capped": Bool(
         default=None,
-        description=f"members only: more than {UNREAD_CAP} messages (from anyone) follow the "
-        f"marker; show {UNREAD_CAP}+",
+        description=f"members only: more than {UNREAD_CAP} unread messages (the count is "
+        f"exact; `unread` shows at most {UNREAD_CAP}); show {UNREAD_CAP}+",
     ),
     "other_user": Nested(
         Shape("OtherUser", {"id": Id(), "username": Text()}, closed=True),
@@ -178,7 +178,7 @@ def listed_chat_json(row: dict[str, Any]) -> dict[str, Any]:
         body["role"] = row["role"]
         body["last_read_id"] = row["last_read_id"]
         body["unread"] = min(row["unread"], UNREAD_CAP)
-        body["unread_capped"] = row["counted"] > UNREAD_CAP
+        body["unread_capped"] = row["unread"] > UNREAD_CAP
     if row["kind"] == "direct" and row["other_id"] is not None:
         body["other_user"] = {"id": row["other_id"], "username": row["other_username"]}
     return body
@@ -260,7 +260,7 @@ async def _direct_chat(request: web.Request, new: dict[str, Any], user: dict[str
 
 async def list_chats(request: web.Request) -> web.Response:
     """GET /chats/: public chats and the caller's own, with membership and unread counts."""
-    rows = await db.chats_of(request.app[DB], request[USER]["id"], UNREAD_CAP)
+    rows = await db.chats_of(request.app[DB], request[USER]["id"])
     return web.json_response([listed_chat_json(row) for row in rows])
 
 

@@ -110,6 +110,17 @@ async def test_catching_up_on_changes_against_catching_up_on_new_messages():
     assert len(outcome.raw["changes_ms"]) == len(outcome.raw["new_ms"]) == 1
 
 
+async def test_the_trigger_cost_on_sqlite(capsys):
+    from bench import trigger_cost
+
+    await trigger_cost.main(postgres=False, batches=3)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "SQLite, batches of 1", "SQLite, batches of 64",
+        "SQLite in memory, batches of 1", "SQLite in memory, batches of 64",
+    ]
+
+
 async def test_postgres_against_the_same_baselines_in_1_and_2_processes(monkeypatch):
     from conftest import POSTGRES_URL, in_thread, require_backend, run_sql
 

@@ -154,7 +154,7 @@ async def test_oversized_body_is_413(client, config):
 async def test_a_bug_is_a_bare_500_and_a_logged_traceback(client, register, monkeypatch, caplog):
     user = await register(client)
 
-    async def broken(db, user_id, cap):
+    async def broken(db, user_id):
         raise RuntimeError("secret detail")
 
     monkeypatch.setattr(chats_module.db, "chats_of", broken)

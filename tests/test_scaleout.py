@@ -478,9 +478,60 @@ async def test_two_processes_started_at_once_on_an_empty_database_both_serve(clu
     finally:
         await conn.close()
     # Version 6: users, chats, messages, settings, nodes, presence, login_failures, the
-    # Teams tables admins, members, direct_pairs, invites, api_tokens and reactions
-    # (search, version 5, adds a column to messages).
-    assert alice["username"] == "alice" and version == "6" and tables == 13
+    # Teams tables admins, members, direct_pairs, invites, the unread counts' chat_counts
+    # and sender_counts (version 3), reactions (version 4) and api_tokens (search,
+    # version 5, adds a column to messages).
+    assert alice["username"] == "alice" and version == "6" and tables == 15
+
+
+# Unread counts kept by the storing transaction
+
+
+async def test_unread_counts_stay_exact_with_writers_and_readers_on_three_processes(
+    cluster, postgres_url
+):
+    servers = await cluster(3)
+    urls = [server.ws_url for server in servers]
+    async with session() as http:
+        users = [await register(http, servers[n % 3].url, f"user{n}") for n in range(5)]
+        chat = (await api(http, "POST", servers[0].url + "/chats/create", token=users[0]["token"],
+                          body={"name": "counted", "kind": "private",
+                                "members": [u["id"] for u in users[1:]]}, status=201))["id"]
+        seen: dict[str, int] = {}
+        problems: list[str] = []
+        writers = [Peer(users[n]["token"], seen, problems, Outbox(f"w{n}", chat)) for n in range(4)]
+        for n, writer in enumerate(writers):
+            assert await writer.connect(http, urls[n % 3])
+        for writer in writers:  # all at once
+            writer.start(budget=60)
+        # Meanwhile markers move forward on every process: the reader's and a writer's, to a
+        # message in the middle (a range count) or to the newest (the totals).
+        rounds = 0
+        while not all(w.outbox.created >= 60 for w in writers) or rounds < 6:
+            stored = await history(http, servers[rounds % 3].url, users[4]["token"], chat)
+            if stored:
+                for user, at in ((users[4], len(stored) // 2), (users[1], len(stored) - 1)):
+                    await api(http, "POST", f"{servers[(rounds + 1) % 3].url}/chats/{chat}/read",
+                              token=user["token"], body={"message_id": stored[at]["id"]})
+            rounds += 1
+            await asyncio.sleep(0.05)
+        await finish(writers, 60)
+        messages = await history(http, servers[1].url, users[1]["token"], chat)
+        for n, user in enumerate(users):
+            listed = {c["id"]: c for c in await api(http, "GET", servers[n % 3].url + "/chats/",
+                                                       token=user["token"])}
+            marker = listed[chat]["last_read_id"]
+            expected = sum(1 for m in messages if m["id"] > marker and m["owner_id"] != user["id"])
+            assert listed[chat]["unread"] == expected, user["username"]
+        for writer in writers:
+            await writer.close()
+    assert problems == [] and len(messages) == 4 * 60
+    assert rounds >= 6
+    totals = await run_sql(postgres_url, "SELECT messages FROM chat_counts WHERE chat_id = ?", chat)
+    senders = await run_sql(postgres_url, "SELECT owner_id, messages FROM sender_counts "
+                            "WHERE chat_id = ? ORDER BY owner_id", chat)
+    assert totals == [(240,)]
+    assert senders == [(user["id"], 60) for user in users[:4]]
 
 
 # Shared limits

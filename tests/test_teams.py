@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -488,12 +489,103 @@ async def test_unread_counts_and_markers_across_two_sockets(client, register):
 async def test_unread_counts_are_capped(client, register, config):
     alice, bob = await register(client, "alice"), await register(client, "bob")
     chat = await private_chat(client, alice, [bob["id"]])
+    for first, count in ((0, 999), (999, 501)):
+        await run_sql(
+            config.db_path, "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, ?)",
+            many=[(chat, alice["id"], f"m{n}") for n in range(first, first + count)],
+        )
+        mine = (await listed(client, bob))[chat]
+        # The count is exact: 999 is shown as it is, one more is flagged.
+        assert (mine["unread"], mine["unread_capped"]) == (999, first > 0)
+    ids = await run_sql(config.db_path, "SELECT id FROM messages WHERE chat_id = ? ORDER BY id", chat)
+    await client.post(f"/chats/{chat}/read", json={"message_id": ids[999][0]}, headers=bob.headers)
+    mine = (await listed(client, bob))[chat]
+    assert (mine["unread"], mine["unread_capped"]) == (500, False)
+
+
+async def settled(client, user, chat, count):
+    """Wait until the chat holds `count` messages."""
+    for _ in range(200):
+        resp = await client.get(f"/chats/messages?id={chat}", headers=user.headers)
+        if len(await resp.json()) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"chat {chat} never held {count} messages")
+
+
+async def test_unread_counts_are_exact_at_every_marker_and_a_marker_moving_back_changes_nothing(
+    aiohttp_client, client, register, config
+):
+    other = await two_clients(aiohttp_client, config, client)  # another process on PostgreSQL
+    alice, bob, carol = [await register(client, n) for n in ("alice", "bob", "carol")]
+    chat = await private_chat(client, alice, [bob["id"], carol["id"]])
+    sockets = {u["id"]: await connect(c, u) for u, c in ((alice, client), (bob, other), (carol, other))}
+    order = [alice, bob, carol, carol, alice, bob, bob, alice, carol, alice, carol]
+    for n, sender in enumerate(order):
+        await sockets[sender["id"]].send_json({"chat_id": chat, "text": f"m{n}"})
+    await settled(client, alice, chat, len(order))
+    stored = await (await client.get(f"/chats/messages?id={chat}", headers=alice.headers)).json()
+    messages = [(m["id"], m["owner_id"]) for m in stored]
+    assert sorted(owner for _, owner in messages) == sorted(u["id"] for u in order)
+
+    def unread_after(marker, user):
+        return sum(1 for id_, owner in messages if id_ > marker and owner != user["id"])
+
+    async def others_read(user):
+        return (await run_sql(config.db_path, "SELECT others_read FROM members "
+                              "WHERE chat_id = ? AND user_id = ?", chat, user["id"]))[0][0]
+
+    for user in (alice, bob, carol):
+        assert (await listed(client, user))[chat]["unread"] == unread_after(0, user)
+    # Forward in uneven steps, each through either process: the count follows exactly.
+    for n, step in enumerate((0, 1, 4, 5, 9)):
+        marker = messages[step][0]
+        resp = await (client, other)[n % 2].post(
+            f"/chats/{chat}/read", json={"message_id": marker}, headers=bob.headers
+        )
+        assert (await resp.json())["last_read_id"] == marker
+        assert (await listed(other, bob))[chat]["unread"] == unread_after(marker, bob)
+    # Back: the marker, the count and the stored read count stay as they are.
+    before = await others_read(bob)
+    for marker in (messages[3][0], 0):
+        resp = await client.post(f"/chats/{chat}/read", json={"message_id": marker},
+                                 headers=bob.headers)
+        assert (await resp.json())["last_read_id"] == messages[9][0]
+        assert (await listed(client, bob))[chat]["unread"] == unread_after(messages[9][0], bob)
+        assert await others_read(bob) == before
+    # Past the newest message: everything read, the other members' counts untouched.
+    await client.post(f"/chats/{chat}/read", json={"message_id": 10**12}, headers=bob.headers)
+    assert (await listed(client, bob))[chat]["unread"] == 0
+    assert (await listed(client, carol))[chat]["unread"] == unread_after(0, carol)
+    # A new message counts for everyone but its sender.
+    await sockets[carol["id"]].send_json({"chat_id": chat, "text": "one more"})
+    await settled(client, alice, chat, len(order) + 1)
+    assert (await listed(other, bob))[chat]["unread"] == 1
+    assert (await listed(other, carol))[chat]["unread"] == unread_after(0, carol)
+    assert (await listed(client, alice))[chat]["unread"] == unread_after(0, alice) + 1
+    for ws in sockets.values():
+        await ws.close()
+
+
+async def test_unread_counts_follow_deleted_messages(client, register, config):
+    alice, bob, carol = [await register(client, n) for n in ("alice", "bob", "carol")]
+    chat = await private_chat(client, alice, [bob["id"], carol["id"]])
     await run_sql(
         config.db_path, "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, ?)",
-        many=[(chat, alice["id"], f"m{n}") for n in range(1500)],
+        many=[(chat, (alice, bob, carol)[n % 3]["id"], f"m{n}") for n in range(30)],
     )
-    mine = (await listed(client, bob))[chat]
-    assert (mine["unread"], mine["unread_capped"]) == (999, True)
+    ids = [row[0] for row in await run_sql(
+        config.db_path, "SELECT id FROM messages WHERE chat_id = ? ORDER BY id", chat)]
+    await client.post(f"/chats/{chat}/read", json={"message_id": ids[14]}, headers=bob.headers)
+    await client.post(f"/chats/{chat}/read", json={"message_id": ids[-1]}, headers=carol.headers)
+    # Some below the markers, some above, of every sender, in one statement.
+    await run_sql(config.db_path, "DELETE FROM messages WHERE chat_id = ? AND id % 4 = 1", chat)
+    left = await run_sql(config.db_path, "SELECT id, owner_id FROM messages WHERE chat_id = ?", chat)
+    for user in (alice, bob, carol):
+        mine = (await listed(client, user))[chat]
+        expected = sum(1 for id_, owner in left
+                       if id_ > mine["last_read_id"] and owner != user["id"])
+        assert mine["unread"] == expected, user["username"]
 
 
 async def test_reading_a_public_chat_one_has_not_joined_is_refused(client, register):
@@ -546,6 +638,54 @@ async def test_a_version_1_database_is_migrated(database, backend):
     # Opening again changes nothing.
     opened = await db.open_database(database)
     await opened.close()
+
+
+async def test_a_version_2_database_gets_the_same_unread_counts(database, backend):
+    from chatapi import postgres, sqlite
+
+    # Version 2: the schema before the unread counts, without the column they added.
+    schema = (sqlite if backend == "sqlite" else postgres).schema_sql().split("-- Unread counts")[0]
+    schema = re.sub(r"\n *others_read [^\n]*", "", schema)
+    assert "others_read" not in schema
+    if backend == "sqlite":
+        await asyncio.to_thread(_sqlite_script, database, schema)
+    else:
+        await run_sql(database, schema + "SELECT 1;")
+    await run_sql(database, "INSERT INTO users (email, username, username_key, password_hash) "
+                  "VALUES (?, ?, ?, 'x')", many=[(f"{n}@example.com", n, n) for n in "abcd"])
+    await run_sql(database, "INSERT INTO chats (name, owner_id) VALUES (?, 1)",
+                  many=[("one",), ("two",), ("empty",)])
+    # Messages of three senders in two chats, interleaved.
+    await run_sql(database, "INSERT INTO messages (chat_id, owner_id, text) VALUES (?, ?, 'x')",
+                  many=[(1 + n % 2, 1 + n % 3, ) for n in range(60)])
+    markers = {(1, 1): 0, (1, 2): 20, (1, 3): 59, (2, 2): 33, (2, 4): 1000, (3, 1): 0}
+    await run_sql(database, "INSERT INTO members (chat_id, user_id, role, last_read_id) "
+                  "VALUES (?, ?, 'member', ?)", many=[(*key, marker) for key, marker in markers.items()])
+    expected = {
+        key: (await run_sql(database, "SELECT count(*) FROM messages WHERE chat_id = ? "
+                            "AND id > ? AND owner_id <> ?", key[0], marker, key[1]))[0][0]
+        for key, marker in markers.items()
+    }
+    assert len(set(expected.values())) > 3  # the markers tell the cases apart
+
+    async def counts() -> dict[tuple[int, int], int]:
+        opened = await db.open_database(database)
+        try:
+            found = {}
+            for user in (1, 2, 3, 4):
+                for row in await db.chats_of(opened, user):
+                    if row["role"] is not None:
+                        found[(row["id"], user)] = row["unread"]
+            return found
+        finally:
+            await opened.close()
+
+    assert await counts() == expected
+    assert await counts() == expected  # opening again changes nothing
+    # The trigger keeps them from here on.
+    await run_sql(database, "INSERT INTO messages (chat_id, owner_id, text) VALUES (1, 2, 'new')")
+    after = await counts()
+    assert after == {key: n + (key == (1, 1) or key == (1, 3)) for key, n in expected.items()}
 
 
 def _sqlite_script(path, script):
