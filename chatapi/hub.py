@@ -12,7 +12,7 @@ import json
 import logging
 import struct
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -94,12 +94,17 @@ async def _send_close_frame(ws: web.WebSocketResponse, code: int, reason: str) -
     (aiohttp's private `WebSocketWriter.close`) lets the reading handler receive the
     peer's close reply, after which aiohttp ends the connection as usual.
     """
-    writer = getattr(ws, "_writer", None)
-    send = getattr(writer, "close", None)
+    send = _close_frame_sender(ws)
     if send is None or ws.closed:
         return False
     await send(code, reason.encode())
     return True
+
+
+def _close_frame_sender(ws: web.WebSocketResponse) -> Callable[[int, bytes], Awaitable[Any]] | None:
+    """aiohttp's private `ws._writer.close(code, message)`, or None when it is missing
+    (then `Connection._close` falls back to the public `ws.close`). The only use of it."""
+    return getattr(getattr(ws, "_writer", None), "close", None)
 
 
 class Connection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TypeVar
@@ -53,14 +53,18 @@ class SQLiteDatabase(Database):
         """
         return list(await self.reader.execute_fetchall(sql, params))
 
-    async def run_on_writer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call fn(sqlite3 connection, *args) on the write connection's thread, in one step.
+    async def run_on_writer(self, batch: Callable[..., Batch[T]], *args: Any) -> T:
+        """Run the statements of `batch(*args)` (see `Batch`) on the write connection.
 
-        Only inside transaction(). aiosqlite has no public call for this:
-        `_execute` and `_conn` are its internals (setup.cfg pins aiosqlite
-        below 0.23 for that reason; tests/test_ws.py exercises this path).
+        Only inside transaction(). In one trip to the connection's thread through
+        aiosqlite's internals when they are there (`_writer_thread_call`), else one
+        trip per statement through its public `execute_fetchall`: the same statements,
+        rows and errors either way, at more CPU per message (BENCHMARKS.md).
         """
-        return await self.writer._execute(fn, self.writer._conn, *args)
+        call = _writer_thread_call(self.writer)
+        if call is not None:
+            return await call(_run_batch, batch(*args))
+        return await _drive(batch(*args), self.writer.execute_fetchall)
 
     async def close(self) -> None:
         if self.reader is not self.writer:
@@ -604,13 +608,66 @@ def search_statement(in_chat: bool) -> str:
                ORDER BY messages_fts.rowid DESC LIMIT :limit"""
 
 
-def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Stored]:
+# A batch of writes, written once for both ways of running it: a generator that
+# yields each statement as (sql, params), receives the statement's rows (an
+# error of the statement is raised where it yields), and returns its result.
+Batch = Generator[tuple[str, Any], list[sqlite3.Row], T]
+
+
+def _writer_thread_call(
+    writer: aiosqlite.Connection,
+) -> Callable[..., Awaitable[Any]] | None:
+    """call(fn, *args) -> fn(sqlite3 connection, *args), run on the connection's thread in
+    one step; None when aiosqlite lacks the internals this needs.
+
+    aiosqlite has no public call for this: it takes its internals
+    (`_execute`, `_connection`; setup.cfg pins aiosqlite below 0.23). The only use of them.
+    """
+    execute = getattr(writer, "_execute", None)
+    conn = getattr(writer, "_connection", None)
+    if execute is None or not isinstance(conn, sqlite3.Connection):
+        return None
+    return lambda fn, *args: execute(fn, conn, *args)
+
+
+async def _drive(steps: Batch[T], execute: Callable[[str, Any], Awaitable[Any]]) -> T:
+    """Run a batch's statements with `execute(sql, params)` -> rows; its result."""
+    try:
+        sql, params = next(steps)
+        while True:
+            try:
+                rows = list(await execute(sql, params))
+            except (sqlite3.Error, ValueError) as exc:
+                sql, params = steps.throw(exc)
+            else:
+                sql, params = steps.send(rows)
+    except StopIteration as done:
+        return done.value
+
+
+def _run_batch(conn: sqlite3.Connection, steps: Batch[T]) -> T:
+    """Run a batch on the sqlite3 connection, on its thread: `_drive` with a statement
+    that never suspends, so the coroutine finishes on its first step."""
+
+    async def execute(sql: str, params: Any) -> list[sqlite3.Row]:
+        return conn.execute(sql, params).fetchall()
+
+    driving = _drive(steps, execute)
+    try:
+        driving.send(None)
+    except StopIteration as done:
+        return done.value
+    driving.close()
+    raise RuntimeError("a batch suspended on the database thread")
+
+
+def _insert_batch(drafts: Sequence[Draft]) -> Batch[list[Stored]]:
     results = []
     for draft in drafts:
         try:
             # Checked in the statement that inserts, inside the batch's transaction:
             # a revocation committed before it (logout answered) stops the draft.
-            rows = conn.execute(
+            rows = yield (
                 f"""INSERT INTO messages (chat_id, owner_id, text, nonce, reply_to)
                     SELECT ?1, ?2, ?3, ?4, ?7
                     WHERE (?5 IS NULL OR EXISTS (
@@ -621,7 +678,7 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
                     RETURNING {_RETURNED}""",
                 (draft.chat_id, draft.owner_id, draft.text, draft.nonce, draft.token_version,
                  draft.api_token_id, draft.reply_to),
-            ).fetchall()
+            )
         except sqlite3.IntegrityError:
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
             continue
@@ -634,19 +691,19 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
         if rows:
             results.append(Stored({**dict(rows[0]), "username": draft.username}, is_new=True))
             continue
-        if not _still_valid(conn, draft):
+        if not (yield from _still_valid(draft)):
             results.append(Stored(None, error=REVOKED))
             continue
-        (original,) = conn.execute(
+        (original,) = yield (
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
                 WHERE m.owner_id = ? AND m.nonce = ?""",
             (draft.owner_id, draft.nonce),
-        ).fetchall()
+        )
         # The unique nonce wins over the foreign key: a repeat sent to a chat
         # that does not exist must still be refused as such.
-        if original["chat_id"] != draft.chat_id and not conn.execute(
+        if original["chat_id"] != draft.chat_id and not (yield (
             """SELECT 1 FROM chats WHERE id = ?""", (draft.chat_id,)
-        ).fetchall():
+        )):
             results.append(Stored(None, error=f"chat {draft.chat_id} does not exist"))
             continue
         results.append(Stored(dict(original)))
@@ -656,25 +713,25 @@ def _insert_batch(conn: sqlite3.Connection, drafts: Sequence[Draft]) -> list[Sto
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
-def _change_batch(conn: sqlite3.Connection, changes: Sequence[Change]) -> list[Stored]:
+def _change_batch(changes: Sequence[Change]) -> Batch[list[Stored]]:
     results = []
     for change in changes:
-        rows = conn.execute(
+        rows = yield (
             """SELECT owner_id, text, deleted_at FROM messages WHERE id = ? AND chat_id = ?""",
             (change.message_id, change.chat_id),
-        ).fetchall()
+        )
         if not rows:
             results.append(Stored(None, error=db.NO_MESSAGE))
             continue
-        if not _still_valid(conn, change):
+        if not (yield from _still_valid(change)):
             results.append(Stored(None, error=REVOKED))
             continue
-        error = _change_one(conn, change, rows[0])
-        (row,) = conn.execute(
+        error = yield from _change_one(change, rows[0])
+        (row,) = yield (
             f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.owner_id
                 WHERE m.id = ?""",
             (change.message_id,),
-        ).fetchall()
+        )
         if error in (None, False):
             results.append(Stored(dict(row), is_new=error is None))
         else:
@@ -682,7 +739,7 @@ def _change_batch(conn: sqlite3.Connection, changes: Sequence[Change]) -> list[S
     return results
 
 
-def _change_one(conn: sqlite3.Connection, change: Change, row: sqlite3.Row) -> str | bool | None:
+def _change_one(change: Change, row: sqlite3.Row) -> Batch[str | bool | None]:
     """Apply one change: None when it changed the message, False when there was nothing
     to change, or why it is refused."""
     mine = row["owner_id"] == change.user_id
@@ -693,44 +750,45 @@ def _change_one(conn: sqlite3.Connection, change: Change, row: sqlite3.Row) -> s
             return db.GONE
         if not mine:
             return db.FORBIDDEN
-        conn.execute(
+        yield (
             f"""UPDATE messages SET text = ?, edited_at = {_NOW}, seq = ? WHERE id = ?""",
-            (change.text, _next_seq(conn), message_id),
+            (change.text, (yield from _next_seq()), message_id),
         )
     elif change.kind == db.DELETE:
         if not (mine or change.moderator):
             return db.FORBIDDEN
         if deleted:
             return False
-        conn.execute("""DELETE FROM reactions WHERE message_id = ?""", (message_id,))
-        conn.execute(
+        yield ("""DELETE FROM reactions WHERE message_id = ?""", (message_id,))
+        yield (
             f"""UPDATE messages SET text = '', reactions = NULL, deleted_at = {_NOW}, seq = ?
                 WHERE id = ?""",
-            (_next_seq(conn), message_id),
+            ((yield from _next_seq()), message_id),
         )
     else:
         if change.kind == db.REACT:
             if deleted:
                 return db.GONE
-            (count, present), = conn.execute(
+            (count, present), = yield (
                 """SELECT count(*), coalesce(sum(emoji = ?), 0) FROM reactions
                    WHERE message_id = ? AND user_id = ?""",
                 (change.emoji, message_id, change.user_id),
-            ).fetchall()
+            )
             if present:
                 return False
             if count >= db.MAX_REACTIONS:
                 return db.TOO_MANY
-            conn.execute(
+            yield (
                 """INSERT INTO reactions (message_id, user_id, emoji) VALUES (?, ?, ?)""",
                 (message_id, change.user_id, change.emoji),
             )
-        elif not conn.execute(
-            """DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND emoji = ?""",
+        elif not (yield (
+            """DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND emoji = ?
+               RETURNING 1""",
             (message_id, change.user_id, change.emoji),
-        ).rowcount:
+        )):
             return False
-        conn.execute(
+        yield (
             """UPDATE messages SET seq = ?2, reactions = (
                    SELECT nullif(json_group_array(json_object('emoji', emoji, 'user_ids', json(ids))), '[]')
                    FROM (SELECT emoji, json_group_array(user_id) AS ids FROM (
@@ -738,33 +796,34 @@ def _change_one(conn: sqlite3.Connection, change: Change, row: sqlite3.Row) -> s
                              ORDER BY emoji, user_id)
                          GROUP BY emoji ORDER BY emoji))
                WHERE id = ?1""",
-            (message_id, _next_seq(conn)),
+            (message_id, (yield from _next_seq())),
         )
     return None
 
 
-def _next_seq(conn: sqlite3.Connection) -> int:
+def _next_seq() -> Batch[int]:
     """The next value of the message id allocation (AUTOINCREMENT's counter): the next
     message inserted takes the one after it."""
-    ((seq,),) = conn.execute(
-        """UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'messages' RETURNING seq"""
-    ).fetchall()
+    ((seq,),) = yield (
+        """UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'messages' RETURNING seq""",
+        (),
+    )
     return seq
 
 
-def _still_valid(conn: sqlite3.Connection, draft: Draft | Change) -> bool:
+def _still_valid(draft: Draft | Change) -> Batch[bool]:
     """Whether the token the draft (or change) was sent with is still valid (True without one)."""
     owner = draft.owner_id if isinstance(draft, Draft) else draft.user_id
     if draft.token_version is not None:
-        return bool(conn.execute(
+        return bool((yield (
             """SELECT 1 FROM users WHERE id = ? AND token_version = ?""",
             (owner, draft.token_version),
-        ).fetchall())
+        )))
     if draft.api_token_id is not None:
-        return bool(conn.execute(
+        return bool((yield (
             """SELECT 1 FROM api_tokens WHERE id = ? AND user_id = ?""",
             (draft.api_token_id, owner),
-        ).fetchall())
+        )))
     return True
 
 
