@@ -15,13 +15,10 @@ outcome is run through both paths on two databases, which must end up the same.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
-import aiohttp
 import pytest
-from conftest import connect
 from test_catchup import (  # noqa: F401  (collected here again, on the public paths)
     test_a_repeated_nonce_stores_nothing_and_returns_the_original,
     test_logout_revokes_every_token_and_closes_sockets_with_4001,
@@ -37,20 +34,15 @@ from test_revocation import (  # noqa: F401
     test_nothing_from_old_sockets_is_stored_once_logout_has_answered,
 )
 from test_ws import (  # noqa: F401
-    masked_close_frame,
-    read_frame,
     test_a_reused_nonce_sent_to_a_missing_chat_is_refused,
     test_concurrent_senders_give_increasing_ids_to_every_subscriber,
     test_the_character_u0000_is_refused_in_everything_stored,
-    websocket_handshake,
 )
 
 from chatapi import db, hub, sqlite
 from chatapi.db import Change, Draft
-from chatapi.keys import HUB
 
 PRIVATE_WRITER_CALL = sqlite._writer_thread_call
-PRIVATE_CLOSE_SENDER = hub._close_frame_sender
 
 
 @pytest.fixture(autouse=True)
@@ -157,30 +149,3 @@ async def test_a_batch_gives_the_same_ids_seqs_rows_and_errors_on_both_paths(
     seqs = [o.message["seq"] for o in private[1] if o.is_new]
     assert len(seqs) == 5 and seqs == sorted(set(seqs)) and seqs[0] > private[0][-1].message["id"]
 
-
-@pytest.mark.parametrize("private", [True, False], ids=["private", "public"])
-async def test_a_logout_closes_with_4001_on_both_paths(client, register, monkeypatch, private):
-    """What clients see of a close on each path: 4001 on both; the private path waits for
-    the client's reply to the close frame, the public one (aiohttp's `ws.close` from
-    another task) ends the TCP connection right after its frame."""
-    if private:
-        monkeypatch.setattr(hub, "_close_frame_sender", PRIVATE_CLOSE_SENDER)
-    alice = await register(client, "alice")
-    ws = await connect(client, alice)
-    # The pinned aiohttp has the internals the private path needs.
-    assert all(PRIVATE_CLOSE_SENDER(c.ws) is not None for c in client.app[HUB].connections)
-    reader, writer = await websocket_handshake(f"http://{client.host}:{client.port}", alice["token"])
-
-    assert (await client.post("/auth/logout", headers=alice.headers)).status == 204
-    msg = await ws.receive(timeout=5)
-    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
-    opcode, payload = await read_frame(reader)
-    assert opcode == 0x8 and int.from_bytes(payload[:2]) == 4001
-    if private:  # nothing (no EOF) until the client answers
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(reader.read(1), 0.5)
-        writer.write(masked_close_frame(4001))
-    rest = await asyncio.wait_for(reader.read(), 5)
-    assert rest == b"" or rest[0] == 0x88, rest
-    writer.close()
-    await writer.wait_closed()

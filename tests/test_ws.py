@@ -380,21 +380,32 @@ async def websocket_handshake(
     return reader, writer
 
 
-async def test_the_server_waits_for_the_clients_close_reply(client, register):
+@pytest.mark.parametrize("private", [True, False], ids=["private", "public"])
+async def test_the_server_waits_for_the_clients_close_reply(client, register, monkeypatch, private):
     # A raw client: the server's close frame must not be followed by the TCP
     # connection dropping before the client has answered it (the peer would see 1006).
+    # That takes aiohttp's internals (chatapi.hub._close_frame_sender); without them
+    # (public: `ws.close` from another task) the connection ends right after the frame,
+    # and an aiohttp client sees 4001 all the same.
+    if not private:
+        monkeypatch.setattr(hub, "_close_frame_sender", lambda ws: None)
     alice = await register(client, "alice")
+    ws = await connect(client, alice)
     reader, writer = await websocket_handshake(f"http://{client.host}:{client.port}", alice["token"])
     writer.write(masked_text_frame(b'{"type": "leave", "chat_id": 1}'))
     assert await read_frame(reader) == (0x1, b'{"type": "left", "chat_id": 1}')
+    # The pinned aiohttp has the internals.
+    assert all(hub._close_frame_sender(c.ws) for c in client.app[HUB].connections) == private
 
     assert (await client.post("/auth/logout", headers=alice.headers)).status == 204
+    msg = await ws.receive(timeout=5)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
     opcode, payload = await read_frame(reader)
     assert opcode == 0x8 and int.from_bytes(payload[:2]) == 4001
-    # Not dropped before the reply: nothing (no EOF) until the client answers.
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(reader.read(1), 0.5)
-    writer.write(masked_close_frame(4001))
+    if private:  # not dropped before the reply: nothing (no EOF) until the client answers
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.5)
+        writer.write(masked_close_frame(4001))
     # Then the server ends the connection (aiohttp may repeat its close frame first).
     rest = await asyncio.wait_for(reader.read(), 5)
     assert rest == b"" or rest[0] == 0x88, rest
