@@ -172,3 +172,11 @@ async def test_search_against_the_sqlite3_command_line():
     assert timed.ours > 0 and timed.baseline > 0 and timed.ratio == timed.ours / timed.baseline
     assert len(outcome.raw["sqlite3_ms"]) == len(outcome.raw["server_ms"]) > 0
     assert cpu.ours > 0 and ingest.ours > 0 and ingest.baseline > 0
+
+
+async def test_the_cpu_of_both_writer_paths(capsys):
+    from bench import writer_paths
+
+    await writer_paths.main(batches=3)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["batches of 1", "batches of 64"]

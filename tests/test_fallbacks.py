@@ -7,10 +7,11 @@
 - A close (logout, revocation) sends aiohttp's close frame alone through its internals;
   `chatapi.hub._close_frame_sender` finds them, and without them `ws.close` is called.
 
-Every other test runs the private paths. Here the websocket tests below run again with
-both lookups answering None (the public paths), on both backends (the writer's fallback is
-SQLite's; PostgreSQL runs the close fallback), and the write batch of every kind of
-outcome is run through both paths on two databases, which must end up the same.
+Every other test runs the private paths (test_ws.py::test_the_server_waits_for_the_
+clients_close_reply runs both closes). Here the websocket tests imported below run again
+with both lookups answering None (the public paths), on both backends (the writer's
+fallback is SQLite's; PostgreSQL runs the close fallback), and a write batch of every kind
+of outcome runs through both paths on two databases, which must end up the same.
 """
 
 from __future__ import annotations
