@@ -707,3 +707,226 @@ def test_an_unread_badge_appears_and_clears_when_read(browser, servers):
     expect(message_text(bob, "three")).to_have_count(1)  # open on the first device: read
     expect(there.locator(".badge")).to_have_count(0)
     assert alice.js_errors == [] and bob.js_errors == [] and second.js_errors == []
+
+
+# Messages that change (issue 13): edit, delete, react, reply; typing; search
+
+
+def message_item(page, text: str):
+    """The history item of the message whose text is `text`."""
+    exactly = page.locator(".text").filter(has_text=re.compile("^" + re.escape(text) + "$"))
+    return page.locator("#messages li.message").filter(has=exactly)
+
+
+def actions(page, text: str):
+    """Open the actions of a message (its "⋯" button); the open group."""
+    item = message_item(page, text)
+    item.hover()
+    item.get_by_role("button", name="Actions", exact=True).click()
+    group = item.get_by_role("group", name="Actions")
+    expect(group).to_be_visible()
+    return group
+
+
+def assert_fits(page) -> None:
+    """Nothing is wider than the window (a phone's included)."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, servers):
+    alice = new_page(browser)
+    bob = new_page(browser, *SIZES["phone"])  # Bob is on a phone: the controls work there
+    register(alice, servers.url, "alice")
+    register(bob, servers.url, "bob")
+    new_chat(alice, "plans")
+    open_chat(bob, "plans")
+    say(alice, "see you at 9")
+    say(bob, "bring the map")
+    expect(message_text(alice, "bring the map")).to_have_count(1)
+
+    # Alice edits her message: Bob sees the new text, marked as edited, in the same place.
+    group = actions(alice, "see you at 9")
+    group.get_by_role("button", name="Edit").click()
+    box = alice.get_by_label("Message")
+    expect(box).to_have_value("see you at 9")
+    expect(alice.locator("#compose-what")).to_contain_text("Editing your message")
+    box.fill("see you at 10")
+    box.press("Enter")
+    expect(message_text(bob, "see you at 10")).to_have_count(1)
+    expect(message_text(bob, "see you at 9")).to_have_count(0)
+    expect(message_item(bob, "see you at 10").locator(".edited")).to_have_text("(edited)")
+    expect(messages(bob).first.locator(".text")).to_have_text("see you at 10")
+    expect(message_item(alice, "see you at 10").locator(".edited")).to_be_visible()
+    expect(box).to_have_value("")
+    expect(alice.locator("#compose-bar")).to_be_hidden()
+
+    # Bob reacts on his phone: the menu fits on his screen; Alice sees the count and who.
+    group = actions(bob, "see you at 10")
+    assert_fits(bob)
+    width, height = SIZES["phone"]
+    for button in group.get_by_role("button").all():
+        place = button.bounding_box()
+        assert place["x"] >= 0 and place["x"] + place["width"] <= width, place
+        assert place["y"] >= 0 and place["y"] + place["height"] <= height, place
+        assert place["height"] >= 24, place  # big enough for a finger
+    group.get_by_role("button", name="React with 👍").click()
+    expect(group).to_be_hidden()  # the menu closes once used
+    chip = message_item(alice, "see you at 10").locator('.reaction[data-emoji="👍"]')
+    expect(chip).to_contain_text("👍 1")
+    expect(chip).to_have_attribute("title", "bob")
+    expect(chip).to_have_attribute("aria-pressed", "false")
+    # Alice adds hers with a tap on the chip: two, and both names.
+    chip.click()
+    expect(chip).to_contain_text("👍 2")
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    bobs_chip = message_item(bob, "see you at 10").locator('.reaction[data-emoji="👍"]')
+    expect(bobs_chip).to_contain_text("👍 2")
+    expect(bobs_chip).to_have_attribute("title", "alice and you")
+    # The open menu says who reacted with what, on a phone too.
+    group = actions(bob, "see you at 10")
+    expect(group.locator(".reacted-by")).to_have_text("👍 alice and you")
+    expect(group.get_by_role("button", name="Take back your 👍")).to_have_attribute("aria-pressed", "true")
+    group.get_by_role("button", name="Reply").click()
+    # Bob replies: the reply quotes Alice's message for both.
+    expect(bob.locator("#compose-what")).to_have_text("Replying to alice: see you at 10")
+    bob.get_by_label("Message").fill("ok, 10 it is")
+    bob.get_by_label("Message").press("Enter")
+    expect(bob.locator("#compose-bar")).to_be_hidden()
+    for page in (alice, bob):
+        reply = message_item(page, "ok, 10 it is")
+        expect(reply.locator(".quote")).to_have_text("↩ alice: see you at 10")
+    assert_fits(bob)
+    # Bob takes his reaction back with his chip: Alice's count follows.
+    bobs_chip.click()
+    expect(chip).to_contain_text("👍 1")
+    expect(chip).to_have_attribute("title", "you")
+
+    # Clicking the quote scrolls to the original and marks it (after a scroll away).
+    alice.locator("#history").evaluate("box => box.scrollTop = box.scrollHeight")
+    message_item(alice, "ok, 10 it is").locator(".quote").click()
+    original = message_item(alice, "see you at 10")
+    expect(original).to_have_class(re.compile(r"\bhighlight\b"))
+    expect(original).to_be_focused()
+
+    # Bob may not edit or delete Alice's words; Alice owns the chat, so she may delete his.
+    say(alice, "who has the tickets?")
+    expect(message_text(bob, "who has the tickets?")).to_have_count(1)
+    group = actions(bob, "who has the tickets?")
+    expect(group.get_by_role("button", name="Reply")).to_be_visible()
+    expect(group.get_by_role("button", name="Edit")).to_have_count(0)
+    expect(group.get_by_role("button", name="Delete")).to_have_count(0)
+    bob.keyboard.press("Escape")
+    expect(group).to_be_hidden()
+    group = actions(alice, "bring the map")
+    expect(group.get_by_role("button", name="Edit")).to_have_count(0)
+    group.get_by_role("button", name="Delete").click()
+    group.get_by_role("button", name="Yes, delete").click()
+    expect(message_text(bob, "bring the map")).to_have_count(0)
+
+    # Alice deletes her own message: a tombstone in its place, for both; the quote says so.
+    count = messages(bob).count()
+    group = actions(alice, "see you at 10")
+    group.get_by_role("button", name="Delete").click()
+    group.get_by_role("button", name="Yes, delete").click()
+    for page in (alice, bob):
+        expect(message_text(page, "see you at 10")).to_have_count(0)
+        expect(page.locator("#messages li.message.deleted")).to_have_count(2)
+        expect(page.locator("#messages li.message.deleted .text").first).to_have_text("This message was deleted.")
+        expect(message_item(page, "ok, 10 it is").locator(".quote")).to_have_text("↩ alice: a deleted message")
+    expect(messages(bob)).to_have_count(count)
+    expect(bob.locator("#messages li.message.deleted .reaction")).to_have_count(0)
+
+    # A reload shows the same: edits, tombstones and replies are stored.
+    bob.reload()
+    expect(bob.locator("#connection")).to_have_text("connected")
+    expect(messages(bob)).to_have_count(count)
+    expect(bob.locator("#messages li.message.deleted")).to_have_count(2)
+    expect(message_item(bob, "ok, 10 it is").locator(".quote")).to_have_text("↩ alice: a deleted message")
+    assert_fits(bob)
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+def test_typing_is_shown_and_cleared(browser, servers):
+    alice, bob = new_page(browser), new_page(browser)
+    register(alice, servers.url, "alice")
+    register(bob, servers.url, "bob")
+    new_chat(alice, "desk")
+    open_chat(bob, "desk")
+    typing = alice.locator("#typing")
+    expect(typing).to_be_empty()
+
+    # Shown while Bob types; cleared at once by his message.
+    bob.get_by_label("Message").press_sequentially("on my w")
+    expect(typing).to_have_text("bob is typing…")
+    expect(bob.locator("#typing")).to_be_empty()  # not to himself
+    bob.get_by_label("Message").press_sequentially("ay")
+    bob.get_by_label("Message").press("Enter")
+    expect(message_text(alice, "on my way")).to_have_count(1)
+    expect(typing).to_be_empty()
+
+    # Typing again, then stopping without sending: it clears by itself (expires_in).
+    bob.wait_for_timeout(3600)  # the server lets one indication a user through every 3 s
+    bob.get_by_label("Message").press_sequentially("hmm")
+    expect(typing).to_have_text("bob is typing…")
+    expect(typing).to_be_empty(timeout=8000)
+    # Another chat of Alice's does not show it.
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_search_result_opens_the_message_in_its_chat(browser, database, size):
+    with ChatServer(
+        db_path=database, bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000
+    ) as server:
+        bob = register_api(server.url, "bob")
+        haystack = api(server.url, "POST", "/chats/create", {"name": "haystack"}, token=bob["token"])
+        api(server.url, "POST", "/chats/create", {"name": "lobby"}, token=bob["token"])
+        texts = [f"straw number {i}" for i in range(300)]
+        texts[20] = "the Needle is in here"
+        post_over_websocket(server.ws_url, bob["token"], haystack["id"], texts)
+
+        page = new_page(browser, *SIZES[size])
+        register(page, server.url, "alice")
+        open_chat(page, "lobby")
+        if size == "phone":
+            page.get_by_role("button", name="Back to the chat list").click()
+        search = page.get_by_label("Search", exact=True)
+        # Query syntax is only text: nothing breaks, nothing is found.
+        search.fill('needle" AND (*')
+        search.press("Enter")
+        expect(page.locator("#search-none")).to_be_visible()
+        expect(page.locator("#search-error")).to_be_empty()
+        # An empty search is refused in place.
+        search.fill("  ")
+        page.get_by_role("button", name="Find").click()
+        expect(page.locator("#search-error")).to_have_text("Type a word to find first.")
+
+        search.fill("need")  # a prefix, another case
+        search.press("Enter")
+        results = page.locator("#search-results .result")
+        expect(results).to_have_count(1)
+        expect(results.first.locator(".result-text")).to_have_text("the Needle is in here")
+        expect(results.first.locator(".result-where")).to_contain_text("haystack · bob")
+        assert_fits(page)
+        results.first.click()
+
+        # The chat opens at the message: the history around it loaded (far beyond the
+        # first page), the message in view and marked.
+        expect(page.get_by_role("heading", name="haystack", exact=True)).to_be_visible()
+        found = message_item(page, "the Needle is in here")
+        expect(found).to_have_class(re.compile(r"\bhighlight\b"))
+        expect(found).to_be_focused()
+        assert_in_history_view(page, "#messages li.message.highlight")
+        assert_app_shell(page)
+        ids = page.locator("#messages li.message").evaluate_all("els => els.map(e => +e.dataset.id)")
+        assert ids == sorted(set(ids)) and len(ids) >= 280
+        assert ids[-1] == max(ids) and message_text(page, "straw number 299").count() == 1
+        # The newest messages still arrive live below.
+        post_over_websocket(server.ws_url, bob["token"], haystack["id"], ["one more straw"])
+        expect(message_text(page, "one more straw")).to_have_count(1)
+        if size == "desktop":
+            # Results stay listed; an open chat is not reloaded to show another one.
+            expect(results).to_have_count(1)
+            results.first.click()
+            expect(found).to_be_focused()
+        assert page.js_errors == []

@@ -981,13 +981,17 @@
 
   function fetchQuote(chatId, id) {
     if (state.quotes.has(id)) return;
-    const asked = api("GET", "/chats/messages?id=" + chatId + "&after=" + (id - 1) + "&limit=1")
-      .then((page) => {
-        const m = page.find((x) => x.id === id) || { id, missing: true };
+    const asked = api("GET", "/chats/" + chatId + "/messages/" + id)
+      .then((m) => {
         state.quotes.set(id, m);
         refreshQuotes(m);
       })
-      .catch(() => { state.quotes.delete(id); });
+      .catch((err) => {
+        if (err.status !== 404) return state.quotes.delete(id);  // asked again next time
+        const m = { id, missing: true };
+        state.quotes.set(id, m);
+        refreshQuotes(m);
+      });
     state.quotes.set(id, asked);
   }
 
