@@ -796,6 +796,14 @@ def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, 
         reply = message_item(page, "ok, 10 it is")
         expect(reply.locator(".quote")).to_have_text("↩ alice: see you at 10")
     assert_fits(bob)
+    # For the README: a reply, a reaction, an edit, and the actions of a message open.
+    group = actions(alice, "ok, 10 it is")
+    alice.screenshot(path=str(DOCS / "screenshot-changes.png"))
+    alice.keyboard.press("Escape")
+    expect(group).to_be_hidden()
+    group = actions(bob, "ok, 10 it is")
+    bob.screenshot(path=str(DOCS / "screenshot-changes-phone.png"))
+    bob.keyboard.press("Escape")
     # Bob takes his reaction back with his chip: Alice's count follows.
     bobs_chip.click()
     expect(chip).to_contain_text("👍 1")

@@ -765,7 +765,7 @@
     more.setAttribute("aria-expanded", String(state.menu === m.id));
     more.setAttribute("aria-controls", "actions-" + m.id);
     more.addEventListener("click", () => (state.menu === m.id ? closeMenu(false) : openMenu(m.id)));
-    li.prepend(more);  // first, floated right: on the first line, beside the name
+    li.append(more);  // in the top right corner (style.css)
     if (m.reply_to) li.append(quoteNode(m.chat_id, m.reply_to));
     li.append(text);
     const reactions = reactionsNode(m);
