@@ -249,12 +249,20 @@ def test_after_a_server_restart_the_page_catches_up_exactly_once(browser, server
     expect(alice.get_by_label("Message")).to_be_enabled()
     say(alice, "before the restart")
     chat_id = api(servers.url, "GET", "/chats/", token=bob["token"])[0]["id"]
+    post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["see you at 9"])
+    expect(message_text(alice, "see you at 9")).to_have_count(1)
+    first, typo = (m["id"] for m in api(servers.url, "GET", f"/chats/messages?id={chat_id}", token=bob["token"]))
 
     held_back = True
     port = servers.stop()
     expect(alice.locator("#connection")).to_have_text("reconnecting…")
     servers.start(port)
     post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["sent meanwhile"])
+    # Changed while the page is away: it learns each change when it catches up (by seq).
+    one = f"/chats/{chat_id}/messages/{typo}"
+    api(servers.url, "PATCH", one, {"text": "see you at 10"}, token=bob["token"])
+    api(servers.url, "PATCH", one, {"text": "see you at 10:30"}, token=bob["token"])
+    api(servers.url, "PUT", f"/chats/{chat_id}/messages/{first}/reactions/%F0%9F%91%8D", token=bob["token"])
     expect(alice.locator("#connection")).to_have_text("reconnecting…")
     expect(message_text(alice, "sent meanwhile")).to_have_count(0)
     # Written while offline: shown as waiting, with a note that goes once it is delivered.
@@ -271,14 +279,20 @@ def test_after_a_server_restart_the_page_catches_up_exactly_once(browser, server
     expect(alice.locator("#connection")).to_have_text("connected")
     expect(message_text(alice, "sent meanwhile")).to_have_count(1)
     expect(message_text(alice, "typed while offline")).to_have_count(1)
+    expect(message_text(alice, "see you at 10:30")).to_have_count(1)
+    expect(message_text(alice, "see you at 9")).to_have_count(0)
+    expect(alice.locator(f'#messages li[data-id="{typo}"] .edited')).to_have_text("(edited)")
+    expect(alice.locator(f'#messages li[data-id="{first}"] .reaction')).to_contain_text("👍 1")
+    expect(alice.locator(f'#messages li[data-id="{first}"] .reaction')).to_have_attribute("title", "bob")
     expect(alice.locator("#pending li")).to_have_count(0)
     expect(alice.locator("#chat-error")).to_be_empty()
     expect(alice.locator("#chat-error")).to_be_hidden()
     say(alice, "after the restart")
     post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["live again"])
     expect(message_text(alice, "live again")).to_have_count(1)
-    expect(messages(alice)).to_have_count(5)
-    texts = ("before the restart", "sent meanwhile", "typed while offline", "after the restart", "live again")
+    expect(messages(alice)).to_have_count(6)
+    texts = ("before the restart", "see you at 10:30", "sent meanwhile", "typed while offline",
+             "after the restart", "live again")
     for text in texts:
         expect(message_text(alice, text)).to_have_count(1)
     assert alice.js_errors == []
