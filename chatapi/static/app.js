@@ -1248,10 +1248,8 @@
       case "joined":
         // Our cursor was beyond the chat's newest change (a restored server):
         // resume from where the server is, or a reconnect would skip messages.
-        if (frame.cursor_reset) {
-          state.lastId.set(frame.chat_id, frame.last_id);
-          state.cursor.set(frame.chat_id, frame.last_seq !== undefined ? frame.last_seq : frame.last_id);
-        }
+        // (`last_id` is then the chat's highest seq; the read marker keeps message ids.)
+        if (frame.cursor_reset) state.cursor.set(frame.chat_id, frame.last_id);
         return;
       case "chat_created":
         if (frame.chat && !state.chats.has(frame.chat.id)) {
