@@ -690,11 +690,7 @@ def test_a_direct_message_between_two_contexts(browser, servers):
 
 
 def test_an_unread_badge_appears_and_clears_when_read(browser, servers):
-    alice, bob = new_page(browser), new_page(browser)
-    register(alice, servers.url, "alice")
-    register(bob, servers.url, "bob")
-    new_chat(alice, "lobby")
-    open_chat(bob, "lobby")  # joining makes Bob a member
+    alice, bob = two_in_a_chat(browser, servers.url, "lobby")
     new_chat(bob, "elsewhere")
     say(alice, "one")
     say(alice, "two")
@@ -747,13 +743,19 @@ def assert_fits(page) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
 
 
+def two_in_a_chat(browser, url: str, chat: str, bob_size: tuple[int, int] = (1100, 700)):
+    """Alice and Bob, each in a page of their own, in a chat Alice created (and owns)."""
+    alice, bob = new_page(browser), new_page(browser, *bob_size)
+    register(alice, url, "alice")
+    register(bob, url, "bob")
+    new_chat(alice, chat)
+    open_chat(bob, chat)  # joining makes Bob a member
+    return alice, bob
+
+
 def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, servers):
-    alice = new_page(browser)
-    bob = new_page(browser, *SIZES["phone"])  # Bob is on a phone: the controls work there
-    register(alice, servers.url, "alice")
-    register(bob, servers.url, "bob")
-    new_chat(alice, "plans")
-    open_chat(bob, "plans")
+    # Bob is on a phone: the controls work there.
+    alice, bob = two_in_a_chat(browser, servers.url, "plans", SIZES["phone"])
     say(alice, "see you at 9")
     say(bob, "bring the map")
     expect(message_text(alice, "bring the map")).to_have_count(1)
@@ -869,11 +871,7 @@ def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, 
 
 
 def test_typing_is_shown_and_cleared(browser, servers):
-    alice, bob = new_page(browser), new_page(browser)
-    register(alice, servers.url, "alice")
-    register(bob, servers.url, "bob")
-    new_chat(alice, "desk")
-    open_chat(bob, "desk")
+    alice, bob = two_in_a_chat(browser, servers.url, "desk")
     typing = alice.locator("#typing")
     expect(typing).to_be_empty()
 
@@ -891,7 +889,14 @@ def test_typing_is_shown_and_cleared(browser, servers):
     bob.get_by_label("Message").press_sequentially("hmm")
     expect(typing).to_have_text("bob is typing…")
     expect(typing).to_be_empty(timeout=8000)
-    # Another chat of Alice's does not show it.
+    # Alice's other chat does not show it; back in the chat where Bob types, it is there.
+    new_chat(alice, "elsewhere")
+    bob.wait_for_timeout(3600)
+    bob.get_by_label("Message").press_sequentially(" then")
+    alice.wait_for_timeout(500)
+    expect(typing).to_be_empty()
+    open_chat(alice, "desk")
+    expect(typing).to_have_text("bob is typing…")
     assert alice.js_errors == [] and bob.js_errors == []
 
 
