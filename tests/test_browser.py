@@ -775,6 +775,12 @@ def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, 
     expect(message_item(alice, "see you at 10").locator(".edited")).to_be_visible()
     expect(box).to_have_value("")
     expect(alice.locator("#compose-bar")).to_be_hidden()
+    # Up in the empty box edits one's newest message too; Escape leaves it as it was.
+    box.press("ArrowUp")
+    expect(box).to_have_value("see you at 10")
+    box.press("Escape")
+    expect(box).to_have_value("")
+    expect(alice.locator("#compose-bar")).to_be_hidden()
 
     # Bob reacts on his phone: the menu fits on his screen; Alice sees the count and who.
     group = actions(bob, "see you at 10")
@@ -956,4 +962,14 @@ def test_a_search_result_opens_the_message_in_its_chat(browser, database, size):
             expect(results).to_have_count(1)
             results.first.click()
             expect(found).to_be_focused()
+            # Many results come a page at a time, newest first.
+            search.fill("straw")
+            search.press("Enter")
+            expect(results).to_have_count(20)
+            expect(results.first.locator(".result-text")).to_have_text("one more straw")
+            page.get_by_role("button", name="Older results").click()
+            expect(results).to_have_count(40)
+            expect(results.nth(39).locator(".result-text")).to_have_text("straw number 261")
+            page.get_by_role("button", name="Close").click()
+            expect(results).to_have_count(0)
         assert page.js_errors == []
