@@ -1096,6 +1096,8 @@
       retry.addEventListener("click", () => {
         state.failed.delete(nonce);
         const box = $("composer-text");
+        const original = frame.reply_to && state.shown.get(frame.reply_to);
+        if (original && !original.deleted && !state.compose) setCompose({ mode: "reply", message: original });
         if (!box.value) box.value = frame.text;
         renderPending();
         updateConnectionNote();
