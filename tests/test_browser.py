@@ -82,14 +82,19 @@ def servers(database) -> Iterator[Servers]:
     servers.current.stop()
 
 
-def new_page(browser, width: int = 1100, height: int = 700):
+def new_page(browser, width: int = 1100, height: int = 700, touch: bool = False):
     # UTC, like the seeded timestamps: the day separators fall where the test expects them.
-    context = browser.new_context(viewport={"width": width, "height": height}, timezone_id="UTC")
+    # `touch`: a phone's touch screen (no hover; taps).
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, timezone_id="UTC",
+        has_touch=touch, is_mobile=touch,
+    )
     context.set_default_timeout(TIMEOUT)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.js_errors = errors  # checked by the tests: the page's script never throws
+    page.touch = touch
     return page
 
 
@@ -729,10 +734,16 @@ def message_item(page, text: str):
 
 
 def actions(page, text: str):
-    """Open the actions of a message (its "⋯" button); the open group."""
+    """Open the actions of a message (its "⋯" button); the open group. On a touch screen
+    the button is there without hovering, and is tapped."""
     item = message_item(page, text)
-    item.hover()
-    item.get_by_role("button", name="Actions", exact=True).click()
+    more = item.get_by_role("button", name="Actions", exact=True)
+    if page.touch:
+        assert more.evaluate("b => getComputedStyle(b).opacity") == "1"
+        more.tap()
+    else:
+        item.hover()
+        more.click()
     group = item.get_by_role("group", name="Actions")
     expect(group).to_be_visible()
     return group
@@ -743,9 +754,11 @@ def assert_fits(page) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
 
 
-def two_in_a_chat(browser, url: str, chat: str, bob_size: tuple[int, int] = (1100, 700)):
+def two_in_a_chat(
+    browser, url: str, chat: str, bob_size: tuple[int, int] = (1100, 700), bob_touch: bool = False
+):
     """Alice and Bob, each in a page of their own, in a chat Alice created (and owns)."""
-    alice, bob = new_page(browser), new_page(browser, *bob_size)
+    alice, bob = new_page(browser), new_page(browser, *bob_size, touch=bob_touch)
     register(alice, url, "alice")
     register(bob, url, "bob")
     new_chat(alice, chat)
@@ -754,8 +767,8 @@ def two_in_a_chat(browser, url: str, chat: str, bob_size: tuple[int, int] = (110
 
 
 def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, servers):
-    # Bob is on a phone: the controls work there.
-    alice, bob = two_in_a_chat(browser, servers.url, "plans", SIZES["phone"])
+    # Bob is on a phone, with a touch screen: the controls work there.
+    alice, bob = two_in_a_chat(browser, servers.url, "plans", SIZES["phone"], bob_touch=True)
     say(alice, "see you at 9")
     say(bob, "bring the map")
     expect(message_text(alice, "bring the map")).to_have_count(1)
@@ -827,7 +840,7 @@ def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, 
     bob.screenshot(path=str(DOCS / "screenshot-changes-phone.png"))
     bob.keyboard.press("Escape")
     # Bob takes his reaction back with his chip: Alice's count follows.
-    bobs_chip.click()
+    bobs_chip.tap()
     expect(chip).to_contain_text("👍 1")
     expect(chip).to_have_attribute("title", "you")
 
