@@ -528,6 +528,8 @@
     if (switching) setCompose(null);
     state.oldest = null;
     state.hasOlder = false;
+    state.loadingOlder = false;  // a page of the previous chat still on its way is dropped
+    state.olderLoad = null;
     state.loaded = false;
     state.pinned = true;
     setComposer(false);
@@ -858,7 +860,8 @@
         // Asked once more, in place: a deletion cannot be taken back.
         const sure = document.createElement("span");
         sure.className = "confirm";
-        sure.textContent = m.owner_id === (state.me && state.me.id) ? "Delete it for everyone?" : "Delete " + (m.username || nameOf(m.owner_id)) + "'s words for everyone?";
+        sure.textContent = m.owner_id === (state.me && state.me.id)
+          ? "Delete it for everyone?" : "Delete " + (m.username || nameOf(m.owner_id)) + "'s message for everyone?";
         const yes = actionButton("Yes, delete", () => {
           closeMenu(false);
           if (!send({ type: "delete", chat_id: m.chat_id, message_id: m.id })) notConnected("deleted");
