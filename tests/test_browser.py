@@ -952,6 +952,7 @@ def test_a_search_result_opens_the_message_in_its_chat(browser, database, size):
         results = page.locator("#search-results .result")
         expect(results).to_have_count(1)
         expect(results.first.locator(".result-text")).to_have_text("the Needle is in here")
+        expect(results.first.locator(".result-text mark")).to_have_text("Need")  # the word found
         expect(results.first.locator(".result-where")).to_contain_text("haystack · bob")
         assert_fits(page)
         results.first.click()

@@ -1494,10 +1494,31 @@
       (isNaN(date) ? "" : " · " + date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" }));
     const said = document.createElement("span");
     said.className = "result-text";
-    said.textContent = m.text;
+    said.append(...marked(m.text, state.search ? state.search.q : ""));
     open.append(where, said);
     li.append(open);
     return li;
+  }
+
+  // The text with the words found marked (<mark>): each word of the query at the start of
+  // a word of the text, case aside. (The server also folds diacritics: such a match
+  // simply shows unmarked.)
+  function marked(text, q) {
+    const words = q.split(/\s+/).filter(Boolean).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    if (!words.length) return [text];
+    const found = new RegExp("(?<![\\p{L}\\p{N}])(?:" + words.join("|") + ")", "giu");
+    const parts = [];
+    let at = 0;
+    for (const match of text.matchAll(found)) {
+      if (!match[0]) continue;
+      parts.push(text.slice(at, match.index));
+      const mark = document.createElement("mark");
+      mark.textContent = match[0];
+      parts.push(mark);
+      at = match.index + match[0].length;
+    }
+    parts.push(text.slice(at));
+    return parts;
   }
 
   // A result opens its chat (unless open) and shows the message there.
