@@ -19,7 +19,7 @@ def one_trip_commit() -> None:
 
     def insert_and_commit(conn: sqlite3.Connection, drafts: Sequence[db.Draft]) -> list[db.Stored]:
         try:
-            results = sqlite._insert_batch(conn, drafts)
+            results = sqlite._run_batch(conn, sqlite._insert_batch(drafts))
         except BaseException:
             conn.rollback()
             raise
@@ -29,8 +29,10 @@ def one_trip_commit() -> None:
     async def insert_messages(
         database: sqlite.SQLiteDatabase, drafts: Sequence[db.Draft]
     ) -> list[db.Stored]:
+        call = sqlite._writer_thread_call(database.writer)
+        assert call is not None, "the experiment needs aiosqlite's internals"
         async with database._write_lock:
-            return await database.run_on_writer(insert_and_commit, drafts)
+            return await call(insert_and_commit, drafts)
 
     sqlite.SQLiteDatabase.insert_messages = insert_messages  # type: ignore[method-assign]
 
