@@ -254,7 +254,7 @@ class Text(Field):
 
 class Word(Text):
     """A string of min_len..max_len characters without white space, Cc control characters
-    (Cf ones, such as a zero width joiner, are taken) or any of the characters `refused`
+    (all below U+0100; Cf ones, such as a zero width joiner, are taken) or any of the characters `refused`
     (reason key "word")."""
 
     def __init__(self, min_len: int = 1, max_len: int | None = None, *, refused: str = "",
@@ -276,8 +276,7 @@ class Word(Text):
 
     def type_schema(self) -> Schema:
         white, _ = character_classes()
-        cc = char_class([code for code in range(sys.maxunicode + 1)
-                         if unicodedata.category(chr(code)) == "Cc"])
+        cc = char_class([code for code in range(0x100) if unicodedata.category(chr(code)) == "Cc"])
         refused = "".join(re.escape(ch) for ch in self.refused)
         most = "" if self.max_len is None else self.max_len
         return {"type": "string", "minLength": self.min_len,
