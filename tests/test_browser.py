@@ -82,14 +82,19 @@ def servers(database) -> Iterator[Servers]:
     servers.current.stop()
 
 
-def new_page(browser, width: int = 1100, height: int = 700):
+def new_page(browser, width: int = 1100, height: int = 700, touch: bool = False):
     # UTC, like the seeded timestamps: the day separators fall where the test expects them.
-    context = browser.new_context(viewport={"width": width, "height": height}, timezone_id="UTC")
+    # `touch`: a phone's touch screen (no hover; taps).
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, timezone_id="UTC",
+        has_touch=touch, is_mobile=touch,
+    )
     context.set_default_timeout(TIMEOUT)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.js_errors = errors  # checked by the tests: the page's script never throws
+    page.touch = touch
     return page
 
 
@@ -249,12 +254,20 @@ def test_after_a_server_restart_the_page_catches_up_exactly_once(browser, server
     expect(alice.get_by_label("Message")).to_be_enabled()
     say(alice, "before the restart")
     chat_id = api(servers.url, "GET", "/chats/", token=bob["token"])[0]["id"]
+    post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["see you at 9"])
+    expect(message_text(alice, "see you at 9")).to_have_count(1)
+    first, typo = (m["id"] for m in api(servers.url, "GET", f"/chats/messages?id={chat_id}", token=bob["token"]))
 
     held_back = True
     port = servers.stop()
     expect(alice.locator("#connection")).to_have_text("reconnecting…")
     servers.start(port)
     post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["sent meanwhile"])
+    # Changed while the page is away: it learns each change when it catches up (by seq).
+    one = f"/chats/{chat_id}/messages/{typo}"
+    api(servers.url, "PATCH", one, {"text": "see you at 10"}, token=bob["token"])
+    api(servers.url, "PATCH", one, {"text": "see you at 10:30"}, token=bob["token"])
+    api(servers.url, "PUT", f"/chats/{chat_id}/messages/{first}/reactions/%F0%9F%91%8D", token=bob["token"])
     expect(alice.locator("#connection")).to_have_text("reconnecting…")
     expect(message_text(alice, "sent meanwhile")).to_have_count(0)
     # Written while offline: shown as waiting, with a note that goes once it is delivered.
@@ -271,14 +284,20 @@ def test_after_a_server_restart_the_page_catches_up_exactly_once(browser, server
     expect(alice.locator("#connection")).to_have_text("connected")
     expect(message_text(alice, "sent meanwhile")).to_have_count(1)
     expect(message_text(alice, "typed while offline")).to_have_count(1)
+    expect(message_text(alice, "see you at 10:30")).to_have_count(1)
+    expect(message_text(alice, "see you at 9")).to_have_count(0)
+    expect(alice.locator(f'#messages li[data-id="{typo}"] .edited')).to_have_text("(edited)")
+    expect(alice.locator(f'#messages li[data-id="{first}"] .reaction')).to_contain_text("👍 1")
+    expect(alice.locator(f'#messages li[data-id="{first}"] .reaction')).to_have_attribute("title", "bob")
     expect(alice.locator("#pending li")).to_have_count(0)
     expect(alice.locator("#chat-error")).to_be_empty()
     expect(alice.locator("#chat-error")).to_be_hidden()
     say(alice, "after the restart")
     post_over_websocket(servers.current.ws_url, bob["token"], chat_id, ["live again"])
     expect(message_text(alice, "live again")).to_have_count(1)
-    expect(messages(alice)).to_have_count(5)
-    texts = ("before the restart", "sent meanwhile", "typed while offline", "after the restart", "live again")
+    expect(messages(alice)).to_have_count(6)
+    texts = ("before the restart", "see you at 10:30", "sent meanwhile", "typed while offline",
+             "after the restart", "live again")
     for text in texts:
         expect(message_text(alice, text)).to_have_count(1)
     assert alice.js_errors == []
@@ -676,11 +695,7 @@ def test_a_direct_message_between_two_contexts(browser, servers):
 
 
 def test_an_unread_badge_appears_and_clears_when_read(browser, servers):
-    alice, bob = new_page(browser), new_page(browser)
-    register(alice, servers.url, "alice")
-    register(bob, servers.url, "bob")
-    new_chat(alice, "lobby")
-    open_chat(bob, "lobby")  # joining makes Bob a member
+    alice, bob = two_in_a_chat(browser, servers.url, "lobby")
     new_chat(bob, "elsewhere")
     say(alice, "one")
     say(alice, "two")
@@ -707,3 +722,268 @@ def test_an_unread_badge_appears_and_clears_when_read(browser, servers):
     expect(message_text(bob, "three")).to_have_count(1)  # open on the first device: read
     expect(there.locator(".badge")).to_have_count(0)
     assert alice.js_errors == [] and bob.js_errors == [] and second.js_errors == []
+
+
+# Messages that change (issue 13): edit, delete, react, reply; typing; search
+
+
+def message_item(page, text: str):
+    """The history item of the message whose text is `text`."""
+    exactly = page.locator(".text").filter(has_text=re.compile("^" + re.escape(text) + "$"))
+    return page.locator("#messages li.message").filter(has=exactly)
+
+
+def actions(page, text: str):
+    """Open the actions of a message (its "⋯" button); the open group. On a touch screen
+    the button is there without hovering, and is tapped."""
+    item = message_item(page, text)
+    more = item.get_by_role("button", name="Actions", exact=True)
+    if page.touch:
+        assert more.evaluate("b => getComputedStyle(b).opacity") == "1"
+        more.tap()
+    else:
+        item.hover()
+        more.click()
+    group = item.get_by_role("group", name="Actions")
+    expect(group).to_be_visible()
+    return group
+
+
+def assert_fits(page) -> None:
+    """Nothing is wider than the window (a phone's included)."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def two_in_a_chat(
+    browser, url: str, chat: str, bob_size: tuple[int, int] = (1100, 700), bob_touch: bool = False
+):
+    """Alice and Bob, each in a page of their own, in a chat Alice created (and owns)."""
+    alice, bob = new_page(browser), new_page(browser, *bob_size, touch=bob_touch)
+    register(alice, url, "alice")
+    register(bob, url, "bob")
+    new_chat(alice, chat)
+    open_chat(bob, chat)  # joining makes Bob a member
+    return alice, bob
+
+
+def test_edit_delete_react_and_reply_are_seen_live_by_a_second_context(browser, servers):
+    # Bob is on a phone, with a touch screen: the controls work there.
+    alice, bob = two_in_a_chat(browser, servers.url, "plans", SIZES["phone"], bob_touch=True)
+    say(alice, "see you at 9")
+    say(bob, "bring the map")
+    expect(message_text(alice, "bring the map")).to_have_count(1)
+
+    # Alice edits her message: Bob sees the new text, marked as edited, in the same place.
+    group = actions(alice, "see you at 9")
+    group.get_by_role("button", name="Edit").click()
+    box = alice.get_by_label("Message")
+    expect(box).to_have_value("see you at 9")
+    expect(alice.locator("#compose-what")).to_contain_text("Editing your message")
+    box.fill("see you at 10")
+    box.press("Enter")
+    expect(message_text(bob, "see you at 10")).to_have_count(1)
+    expect(message_text(bob, "see you at 9")).to_have_count(0)
+    expect(message_item(bob, "see you at 10").locator(".edited")).to_have_text("(edited)")
+    expect(messages(bob).first.locator(".text")).to_have_text("see you at 10")
+    expect(message_item(alice, "see you at 10").locator(".edited")).to_be_visible()
+    expect(box).to_have_value("")
+    expect(alice.locator("#compose-bar")).to_be_hidden()
+    # Up in the empty box edits one's newest message too; Escape leaves it as it was.
+    box.press("ArrowUp")
+    expect(box).to_have_value("see you at 10")
+    box.press("Escape")
+    expect(box).to_have_value("")
+    expect(alice.locator("#compose-bar")).to_be_hidden()
+
+    # Bob reacts on his phone: the menu fits on his screen; Alice sees the count and who.
+    group = actions(bob, "see you at 10")
+    assert_fits(bob)
+    width, height = SIZES["phone"]
+    for button in group.get_by_role("button").all():
+        place = button.bounding_box()
+        assert place["x"] >= 0 and place["x"] + place["width"] <= width, place
+        assert place["y"] >= 0 and place["y"] + place["height"] <= height, place
+        assert place["height"] >= 24, place  # big enough for a finger
+    group.get_by_role("button", name="React with 👍").click()
+    expect(group).to_be_hidden()  # the menu closes once used
+    chip = message_item(alice, "see you at 10").locator('.reaction[data-emoji="👍"]')
+    expect(chip).to_contain_text("👍 1")
+    expect(chip).to_have_attribute("title", "bob")
+    expect(chip).to_have_attribute("aria-pressed", "false")
+    # Alice adds hers with a tap on the chip: two, and both names.
+    chip.click()
+    expect(chip).to_contain_text("👍 2")
+    expect(chip).to_have_attribute("aria-pressed", "true")
+    bobs_chip = message_item(bob, "see you at 10").locator('.reaction[data-emoji="👍"]')
+    expect(bobs_chip).to_contain_text("👍 2")
+    expect(bobs_chip).to_have_attribute("title", "alice and you")
+    # The open menu says who reacted with what, on a phone too.
+    group = actions(bob, "see you at 10")
+    expect(group.locator(".reacted-by")).to_have_text("👍 alice and you")
+    expect(group.get_by_role("button", name="Take back your 👍")).to_have_attribute("aria-pressed", "true")
+    group.get_by_role("button", name="Reply").click()
+    # Bob replies: the reply quotes Alice's message for both.
+    expect(bob.locator("#compose-what")).to_have_text("Replying to alice: see you at 10")
+    bob.get_by_label("Message").fill("ok, 10 it is")
+    bob.get_by_label("Message").press("Enter")
+    expect(bob.locator("#compose-bar")).to_be_hidden()
+    for page in (alice, bob):
+        reply = message_item(page, "ok, 10 it is")
+        expect(reply.locator(".quote")).to_have_text("↩ alice: see you at 10")
+    assert_fits(bob)
+    # For the README: a reply, a reaction, an edit, and the actions of a message open.
+    group = actions(alice, "ok, 10 it is")
+    alice.screenshot(path=str(DOCS / "screenshot-changes.png"))
+    alice.keyboard.press("Escape")
+    expect(group).to_be_hidden()
+    group = actions(bob, "ok, 10 it is")
+    bob.screenshot(path=str(DOCS / "screenshot-changes-phone.png"))
+    bob.keyboard.press("Escape")
+    # Bob takes his reaction back with his chip: Alice's count follows.
+    bobs_chip.tap()
+    expect(chip).to_contain_text("👍 1")
+    expect(chip).to_have_attribute("title", "you")
+
+    # Clicking the quote scrolls to the original and marks it (after a scroll away).
+    alice.locator("#history").evaluate("box => box.scrollTop = box.scrollHeight")
+    message_item(alice, "ok, 10 it is").locator(".quote").click()
+    original = message_item(alice, "see you at 10")
+    expect(original).to_have_class(re.compile(r"\bhighlight\b"))
+    expect(original).to_be_focused()
+
+    # Bob may not edit or delete Alice's words; Alice owns the chat, so she may delete his.
+    say(alice, "who has the tickets?")
+    expect(message_text(bob, "who has the tickets?")).to_have_count(1)
+    group = actions(bob, "who has the tickets?")
+    expect(group.get_by_role("button", name="Reply")).to_be_visible()
+    expect(group.get_by_role("button", name="Edit")).to_have_count(0)
+    expect(group.get_by_role("button", name="Delete")).to_have_count(0)
+    bob.keyboard.press("Escape")
+    expect(group).to_be_hidden()
+    group = actions(alice, "bring the map")
+    expect(group.get_by_role("button", name="Edit")).to_have_count(0)
+    group.get_by_role("button", name="Delete").click()
+    group.get_by_role("button", name="Yes, delete").click()
+    expect(message_text(bob, "bring the map")).to_have_count(0)
+
+    # Alice deletes her own message: a tombstone in its place, for both; the quote says so.
+    count = messages(bob).count()
+    group = actions(alice, "see you at 10")
+    group.get_by_role("button", name="Delete").click()
+    group.get_by_role("button", name="Yes, delete").click()
+    for page in (alice, bob):
+        expect(message_text(page, "see you at 10")).to_have_count(0)
+        expect(page.locator("#messages li.message.deleted")).to_have_count(2)
+        expect(page.locator("#messages li.message.deleted .text").first).to_have_text("This message was deleted.")
+        expect(message_item(page, "ok, 10 it is").locator(".quote")).to_have_text("↩ alice: a deleted message")
+    expect(messages(bob)).to_have_count(count)
+    expect(bob.locator("#messages li.message.deleted .reaction")).to_have_count(0)
+
+    # A reload shows the same: edits, tombstones and replies are stored.
+    bob.reload()
+    expect(bob.locator("#connection")).to_have_text("connected")
+    expect(messages(bob)).to_have_count(count)
+    expect(bob.locator("#messages li.message.deleted")).to_have_count(2)
+    expect(message_item(bob, "ok, 10 it is").locator(".quote")).to_have_text("↩ alice: a deleted message")
+    assert_fits(bob)
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+def test_typing_is_shown_and_cleared(browser, servers):
+    alice, bob = two_in_a_chat(browser, servers.url, "desk")
+    typing = alice.locator("#typing")
+    expect(typing).to_be_empty()
+
+    # Shown while Bob types; cleared at once by his message.
+    bob.get_by_label("Message").press_sequentially("on my w")
+    expect(typing).to_have_text("bob is typing…")
+    expect(bob.locator("#typing")).to_be_empty()  # not to himself
+    bob.get_by_label("Message").press_sequentially("ay")
+    bob.get_by_label("Message").press("Enter")
+    expect(message_text(alice, "on my way")).to_have_count(1)
+    expect(typing).to_be_empty()
+
+    # Typing again, then stopping without sending: it clears by itself (expires_in).
+    bob.wait_for_timeout(3600)  # the server lets one indication a user through every 3 s
+    bob.get_by_label("Message").press_sequentially("hmm")
+    expect(typing).to_have_text("bob is typing…")
+    expect(typing).to_be_empty(timeout=8000)
+    # Alice's other chat does not show it; back in the chat where Bob types, it is there.
+    new_chat(alice, "elsewhere")
+    bob.wait_for_timeout(3600)
+    bob.get_by_label("Message").press_sequentially(" then")
+    alice.wait_for_timeout(500)
+    expect(typing).to_be_empty()
+    open_chat(alice, "desk")
+    expect(typing).to_have_text("bob is typing…")
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_search_result_opens_the_message_in_its_chat(browser, database, size):
+    with ChatServer(
+        db_path=database, bcrypt_rounds=4, frames_per_second=10_000.0, frame_burst=10_000
+    ) as server:
+        bob = register_api(server.url, "bob")
+        haystack = api(server.url, "POST", "/chats/create", {"name": "haystack"}, token=bob["token"])
+        api(server.url, "POST", "/chats/create", {"name": "lobby"}, token=bob["token"])
+        texts = [f"straw number {i}" for i in range(300)]
+        texts[20] = "the Needle is in here"
+        post_over_websocket(server.ws_url, bob["token"], haystack["id"], texts)
+
+        page = new_page(browser, *SIZES[size])
+        register(page, server.url, "alice")
+        open_chat(page, "lobby")
+        if size == "phone":
+            page.get_by_role("button", name="Back to the chat list").click()
+        search = page.get_by_label("Search", exact=True)
+        # Query syntax is only text: nothing breaks, nothing is found.
+        search.fill('needle" AND (*')
+        search.press("Enter")
+        expect(page.locator("#search-none")).to_be_visible()
+        expect(page.locator("#search-error")).to_be_empty()
+        # An empty search is refused in place.
+        search.fill("  ")
+        page.get_by_role("button", name="Find").click()
+        expect(page.locator("#search-error")).to_have_text("Type a word to find first.")
+
+        search.fill("need")  # a prefix, another case
+        search.press("Enter")
+        results = page.locator("#search-results .result")
+        expect(results).to_have_count(1)
+        expect(results.first.locator(".result-text")).to_have_text("the Needle is in here")
+        expect(results.first.locator(".result-text mark")).to_have_text("Need")  # the word found
+        expect(results.first.locator(".result-where")).to_contain_text("haystack · bob")
+        assert_fits(page)
+        results.first.click()
+
+        # The chat opens at the message: the history around it loaded (far beyond the
+        # first page), the message in view and marked.
+        expect(page.get_by_role("heading", name="haystack", exact=True)).to_be_visible()
+        found = message_item(page, "the Needle is in here")
+        expect(found).to_have_class(re.compile(r"\bhighlight\b"))
+        expect(found).to_be_focused()
+        assert_in_history_view(page, "#messages li.message.highlight")
+        assert_app_shell(page)
+        ids = page.locator("#messages li.message").evaluate_all("els => els.map(e => +e.dataset.id)")
+        assert ids == sorted(set(ids)) and len(ids) >= 280
+        assert ids[-1] == max(ids) and message_text(page, "straw number 299").count() == 1
+        # The newest messages still arrive live below.
+        post_over_websocket(server.ws_url, bob["token"], haystack["id"], ["one more straw"])
+        expect(message_text(page, "one more straw")).to_have_count(1)
+        if size == "desktop":
+            # Results stay listed; an open chat is not reloaded to show another one.
+            expect(results).to_have_count(1)
+            results.first.click()
+            expect(found).to_be_focused()
+            # Many results come a page at a time, newest first.
+            search.fill("straw")
+            search.press("Enter")
+            expect(results).to_have_count(20)
+            expect(results.first.locator(".result-text")).to_have_text("one more straw")
+            page.get_by_role("button", name="Older results").click()
+            expect(results).to_have_count(40)
+            expect(results.nth(39).locator(".result-text")).to_have_text("straw number 261")
+            page.get_by_role("button", name="Close").click()
+            expect(results).to_have_count(0)
+        assert page.js_errors == []

@@ -7,6 +7,10 @@
   const PHONE = window.matchMedia("(max-width: 700px)");
   const PIN_DISTANCE = 40;     // px from the bottom that still counts as "at the newest message"
   const TOP_DISTANCE = 150;    // px from the top where older messages start loading
+  const BIG_PAGE = 1000;       // the largest page the server gives: used to reach an old message
+  const TYPING_EVERY = 3500;   // ms between typing frames (the server keeps one per 3 s; it holds 5 s)
+  const HIGHLIGHT_FOR = 4000;  // ms a message opened from a search result or a quote stays marked
+  const EMOJIS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -15,9 +19,10 @@
     chats: new Map(),        // id -> chat
     users: new Map(),        // id -> {id, username, is_online}
     current: null,           // open chat id
-    seen: new Set(),         // message ids shown for the open chat
+    shown: new Map(),        // message id -> message, for the open chat (its current state)
     oldest: null,            // smallest id shown (paging cursor)
-    lastId: new Map(),       // chat id -> highest message id seen
+    lastId: new Map(),       // chat id -> highest message id seen (the read marker)
+    cursor: new Map(),       // chat id -> highest seq seen: `since` of a join (edits included)
     hasOlder: false,
     loaded: false,           // the newest page of the open chat is shown
     loadingOlder: false,
@@ -30,6 +35,14 @@
     generation: 0,           // bumps on logout / chat switch to drop stale answers
     following: new Set(),    // chats this socket follows for their unread badges
     readTimers: new Map(),   // chat id -> pending read-marker update
+    olderLoad: null,         // the page of older messages being fetched (a promise)
+    menu: null,              // id of the message whose actions are open
+    compose: null,           // {mode: "reply" | "edit", message}: what the composer is doing
+    typists: new Map(),      // chat id -> Map(user id -> {username, timer}): who types there
+    typingSent: new Map(),   // chat id -> when this page last said it types there (ms)
+    quotes: new Map(),       // message id -> message or promise: replied-to messages not shown
+    search: null,            // {q, before}: the search whose results are listed
+    highlight: { id: null, timer: 0 },  // the message marked after being opened from elsewhere
   };
 
   // ---- HTTP ----------------------------------------------------------------
@@ -239,6 +252,17 @@
     state.pending.clear();
     state.failed.clear();
     state.lastId.clear();
+    state.cursor.clear();
+    for (const typists of state.typists.values()) for (const t of typists.values()) clearTimeout(t.timer);
+    state.typists.clear();
+    state.typingSent.clear();
+    state.quotes.clear();
+    state.shown.clear();
+    state.menu = null;
+    setCompose(null);
+    clearSearch();
+    $("search-q").value = "";
+    $("typing").textContent = "";
     state.chats.clear();
     state.users.clear();
     $("messages").replaceChildren();
@@ -491,6 +515,7 @@
 
   async function openChat(id, byUser) {
     const previous = state.chats.get(state.current);
+    const switching = state.current !== id;
     if (state.current && state.current !== id) {
       // A chat one is a member of stays followed: its badge keeps counting.
       if (previous && previous.is_member) state.following.add(state.current);
@@ -498,9 +523,13 @@
     }
     const generation = ++state.generation;
     state.current = id;
-    state.seen = new Set();
+    state.shown = new Map();
+    state.menu = null;
+    if (switching) setCompose(null);
     state.oldest = null;
     state.hasOlder = false;
+    state.loadingOlder = false;  // a page of the previous chat still on its way is dropped
+    state.olderLoad = null;
     state.loaded = false;
     state.pinned = true;
     setComposer(false);
@@ -509,6 +538,7 @@
     $("history-start").hidden = true;
     $("jump").hidden = true;
     renderPending();
+    renderTyping();
     showError("chat-error", null);
     const opened = state.chats.get(id);
     $("chat-title").textContent = opened ? chatLabel(opened) : "Chat " + id;
@@ -531,7 +561,9 @@
     addMessages(page, "end");
     setComposer(true);
     scrollToBottom();
-    join(id);
+    // Every change after this page was read: its highest seq, not a cursor this socket
+    // raised meanwhile by following the chat (a change between the two would be lost).
+    join(id, page.reduce((top, m) => Math.max(top, seqOf(m)), 0));
     // Joining makes one a member (a public chat included): its badge counts from now on.
     if (opened) opened.is_member = true;
     markRead(id);
@@ -547,18 +579,28 @@
     }
   }
 
-  async function loadOlder() {
-    if (!state.current || !state.hasOlder || state.loadingOlder || state.oldest === null) return;
-    const generation = state.generation;
+  // The page before the oldest message shown (one at a time: a second call gets the
+  // first one's promise). Resolves to false when nothing could be loaded.
+  function loadOlder(limit) {
+    if (!state.current || !state.hasOlder || state.oldest === null) return Promise.resolve(false);
+    if (state.loadingOlder) return state.olderLoad;
     state.loadingOlder = true;
+    state.olderLoad = fetchOlder(typeof limit === "number" ? limit : PAGE);
+    return state.olderLoad;
+  }
+
+  async function fetchOlder(limit) {
+    const generation = state.generation;
     try {
-      const page = await api("GET", "/chats/messages?id=" + state.current + "&limit=" + PAGE +
+      const page = await api("GET", "/chats/messages?id=" + state.current + "&limit=" + limit +
         "&before=" + state.oldest);
-      if (generation !== state.generation) return;
-      state.hasOlder = page.length === PAGE;
+      if (generation !== state.generation) return false;
+      state.hasOlder = page.length === limit;
       keepInPlace(() => addMessages(page, "start"));
+      return true;
     } catch (err) {
       if (generation === state.generation) showError("chat-error", err);
+      return false;
     } finally {
       if (generation === state.generation) state.loadingOlder = false;
       updateHistoryEdges();
@@ -585,11 +627,17 @@
 
   function addMessages(messages, where) {
     const list = $("messages");
-    const fresh = messages.filter((m) => m.chat_id === state.current && !state.seen.has(m.id));
+    const fresh = messages.filter((m) => m.chat_id === state.current && !state.shown.has(m.id));
+    for (const m of messages) {
+      // One already shown may come back newer (a replay after a reconnect): show that.
+      const known = m.chat_id === state.current && state.shown.get(m.id);
+      if (known && seqOf(m) > seqOf(known)) updateMessage(m);
+    }
     for (const m of fresh) {
-      state.seen.add(m.id);
+      state.shown.set(m.id, m);
       if (state.oldest === null || m.id < state.oldest) state.oldest = m.id;
       noteLastId(m.chat_id, m.id);
+      noteCursor(m.chat_id, seqOf(m));
     }
     if (where === "start") {
       list.prepend(...fresh.map(renderMessage));
@@ -656,12 +704,26 @@
     if (id > (state.lastId.get(chatId) || 0)) state.lastId.set(chatId, id);
   }
 
+  // A message's place in the chat's sequence of changes (its id on a server without seq).
+  function seqOf(m) {
+    return typeof m.seq === "number" ? m.seq : m.id;
+  }
+
+  function noteCursor(chatId, seq) {
+    if (seq > (state.cursor.get(chatId) || 0)) state.cursor.set(chatId, seq);
+  }
+
+  function nameOf(userId) {
+    const user = state.users.get(userId);
+    return user ? user.username : "user " + userId;
+  }
+
   function messageNode(m, mine) {
     const li = document.createElement("li");
     li.className = "message" + (mine ? " mine" : "");
     const who = document.createElement("span");
     who.className = "who";
-    who.textContent = m.username || (state.users.get(m.owner_id) || {}).username || "user " + m.owner_id;
+    who.textContent = m.username || nameOf(m.owner_id);
     const text = document.createElement("p");
     text.className = "text";
     text.textContent = m.text;
@@ -669,8 +731,11 @@
     return [li, text];
   }
 
+  // One message as the history shows it: who, when, (edited), its actions button, the
+  // message it replies to, its text, its reactions; a deleted one as a tombstone.
   function renderMessage(m) {
-    const [li, text] = messageNode(m, state.me && m.owner_id === state.me.id);
+    const mine = Boolean(state.me && m.owner_id === state.me.id);
+    const [li, text] = messageNode(m, mine);
     li.dataset.id = m.id;
     const when = document.createElement("time");
     when.dateTime = m.created_at;
@@ -678,8 +743,326 @@
     li.dataset.day = dayKey(date);
     when.textContent = isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     when.title = isNaN(date) ? "" : date.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
-    li.append(when, text);
+    li.append(when);
+    if (m.deleted) {
+      li.classList.add("deleted");
+      text.textContent = "This message was deleted.";
+      li.append(text);
+      return li;
+    }
+    if (m.edited_at) {
+      const edited = document.createElement("span");
+      edited.className = "edited";
+      edited.textContent = " (edited)";
+      const at = new Date(m.edited_at);
+      if (!isNaN(at)) edited.title = "Edited " + at.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+      li.append(edited);
+    }
+    const more = document.createElement("button");
+    more.type = "button";
+    more.className = "more";
+    more.textContent = "⋯";
+    more.dataset.focusKey = "more";
+    more.setAttribute("aria-label", "Actions");
+    more.setAttribute("aria-expanded", String(state.menu === m.id));
+    more.setAttribute("aria-controls", "actions-" + m.id);
+    more.addEventListener("click", () => (state.menu === m.id ? closeMenu(false) : openMenu(m.id)));
+    li.append(more);  // in the top right corner (style.css)
+    if (m.reply_to) li.append(quoteNode(m.chat_id, m.reply_to));
+    li.append(text);
+    const reactions = reactionsNode(m);
+    if (reactions) li.append(reactions);
+    if (state.menu === m.id) {
+      li.classList.add("menu-open");
+      li.append(actionsNode(m));
+    }
+    if (state.highlight.id === m.id) li.classList.add("highlight");
     return li;
+  }
+
+  // Reactions as [{emoji, users: [{id, username}]}], in the server's order.
+  function reactionsOf(m) {
+    let list = m.reactions || [];
+    if (!Array.isArray(list)) list = Object.entries(list).map(([emoji, users]) => ({ emoji, users }));
+    return list.map((r) => ({
+      emoji: r.emoji,
+      users: (r.users || r.user_ids || []).map((u) => {
+        if (typeof u === "number") return { id: u, username: nameOf(u) };
+        const id = u.user_id !== undefined ? u.user_id : u.id;
+        return { id, username: u.username || nameOf(id) };
+      }),
+    })).filter((r) => r.users.length);
+  }
+
+  function reactedByMe(reaction) {
+    return Boolean(state.me && reaction.users.some((u) => u.id === state.me.id));
+  }
+
+  function names(users) {
+    const list = users.map((u) => (state.me && u.id === state.me.id ? "you" : u.username));
+    return list.length > 1 ? list.slice(0, -1).join(", ") + " and " + list[list.length - 1] : list.join("");
+  }
+
+  // Each emoji with its count; who reacted in its name (and tooltip); a tap adds or
+  // removes one's own.
+  function reactionsNode(m) {
+    const reactions = reactionsOf(m);
+    if (!reactions.length) return null;
+    const box = document.createElement("div");
+    box.className = "reactions";
+    for (const r of reactions) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "reaction";
+      chip.dataset.emoji = r.emoji;
+      chip.dataset.focusKey = "reaction-" + r.emoji;
+      const mine = reactedByMe(r);
+      chip.setAttribute("aria-pressed", String(mine));
+      chip.title = names(r.users);
+      const who = document.createElement("span");
+      who.className = "visually-hidden";
+      who.textContent = " from " + names(r.users);
+      chip.append(r.emoji + " " + r.users.length, who);
+      chip.addEventListener("click", () => react(m, r.emoji, !mine));
+      box.append(chip);
+    }
+    return box;
+  }
+
+  // The open actions of a message: react, reply, edit, delete, and who reacted with what.
+  function actionsNode(m) {
+    const box = document.createElement("div");
+    box.className = "actions";
+    box.id = "actions-" + m.id;
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", "Actions");
+    const reactions = reactionsOf(m);
+    const mineReacted = new Set(reactions.filter(reactedByMe).map((r) => r.emoji));
+    const emojis = document.createElement("div");
+    emojis.className = "emojis";
+    for (const emoji of EMOJIS) {
+      const add = !mineReacted.has(emoji);
+      const b = actionButton(emoji, () => { closeMenu(false); react(m, emoji, add); });
+      b.className = "emoji";
+      b.dataset.focusKey = "emoji-" + emoji;
+      b.setAttribute("aria-label", add ? "React with " + emoji : "Take back your " + emoji);
+      b.setAttribute("aria-pressed", String(!add));
+      emojis.append(b);
+    }
+    const commands = document.createElement("div");
+    commands.className = "commands";
+    commands.append(actionButton("Reply", () => { closeMenu(false); setCompose({ mode: "reply", message: m }); }));
+    if (state.me && m.owner_id === state.me.id) {
+      commands.append(actionButton("Edit", () => { closeMenu(false); setCompose({ mode: "edit", message: m }); }));
+    }
+    if (canDelete(m)) {
+      const remove = actionButton("Delete", () => {
+        // Asked once more, in place: a deletion cannot be taken back.
+        const sure = document.createElement("span");
+        sure.className = "confirm";
+        sure.textContent = m.owner_id === (state.me && state.me.id)
+          ? "Delete it for everyone?" : "Delete " + (m.username || nameOf(m.owner_id)) + "'s message for everyone?";
+        const yes = actionButton("Yes, delete", () => {
+          closeMenu(false);
+          if (!send({ type: "delete", chat_id: m.chat_id, message_id: m.id })) notConnected("deleted");
+        });
+        yes.classList.add("danger");
+        const no = actionButton("Keep it", () => { closeMenu(true); });
+        commands.replaceChildren(sure, yes, no);
+        yes.focus();
+      });
+      remove.dataset.focusKey = "delete";
+      commands.append(remove);
+    }
+    box.append(emojis, commands);
+    if (reactions.length) {
+      const who = document.createElement("p");
+      who.className = "reacted-by";
+      who.textContent = reactions.map((r) => r.emoji + " " + names(r.users)).join(" · ");
+      box.append(who);
+    }
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") { event.stopPropagation(); closeMenu(true); }
+    });
+    return box;
+  }
+
+  function actionButton(label, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.dataset.focusKey = label;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function canDelete(m) {
+    if (!state.me) return false;
+    if (m.owner_id === state.me.id || state.me.is_admin) return true;
+    const chat = state.chats.get(m.chat_id);
+    return Boolean(chat && (chat.role === "owner" || chat.owner_id === state.me.id));
+  }
+
+  function messageItem(id) {
+    return $("messages").querySelector('li.message[data-id="' + id + '"]');
+  }
+
+  function openMenu(id) {
+    closeMenu(false);
+    const li = messageItem(id);
+    const m = state.shown.get(id);
+    if (!li || !m || m.deleted) return;
+    state.menu = id;
+    li.classList.add("menu-open");
+    const actions = actionsNode(m);
+    li.append(actions);
+    li.querySelector(".more").setAttribute("aria-expanded", "true");
+    actions.scrollIntoView({ block: "nearest" });
+    const first = actions.querySelector("button");
+    if (first) first.focus({ preventScroll: true });
+  }
+
+  function closeMenu(focusBack) {
+    const id = state.menu;
+    state.menu = null;
+    if (id === null) return;
+    const li = messageItem(id);
+    if (!li) return;
+    li.classList.remove("menu-open");
+    const actions = li.querySelector(".actions");
+    if (actions) actions.remove();
+    const more = li.querySelector(".more");
+    if (more) {
+      more.setAttribute("aria-expanded", "false");
+      if (focusBack) more.focus();
+    }
+  }
+
+  function react(m, emoji, add) {
+    const frame = { type: add ? "react" : "unreact", chat_id: m.chat_id, message_id: m.id, emoji };
+    if (!send(frame)) notConnected(add ? "added" : "taken back");
+  }
+
+  function notConnected(what) {
+    showError("chat-error", { message: "Not connected: nothing was " + what + "; try again when the connection is back." });
+  }
+
+  // The message a reply answers, quoted above it; a click shows it in the history.
+  function quoteNode(chatId, replyTo) {
+    const quote = document.createElement("button");
+    quote.type = "button";
+    quote.className = "quote";
+    quote.dataset.replyTo = replyTo;
+    quote.title = "Show the original";
+    const known = quoted(replyTo);
+    if (known) fillQuote(quote, known); else {
+      quote.textContent = "↩ …";
+      fetchQuote(chatId, replyTo);
+    }
+    quote.addEventListener("click", () => reveal(replyTo));
+    return quote;
+  }
+
+  function quoted(id) {
+    const m = state.shown.get(id) || state.quotes.get(id);
+    return m && !(m instanceof Promise) ? m : null;
+  }
+
+  function fillQuote(quote, m) {
+    const who = document.createElement("span");
+    who.className = "quote-who";
+    const what = document.createElement("span");
+    what.className = "quote-said";
+    if (m.missing) {
+      what.textContent = "a message that is not there any more";
+    } else {
+      who.textContent = (m.username || nameOf(m.owner_id)) + ": ";
+      what.textContent = m.deleted ? "a deleted message" : m.text;
+    }
+    quote.replaceChildren("↩ ", who, what);
+  }
+
+  function fetchQuote(chatId, id) {
+    if (state.quotes.has(id)) return;
+    const asked = api("GET", "/chats/" + chatId + "/messages/" + id)
+      .then((m) => {
+        state.quotes.set(id, m);
+        refreshQuotes(m);
+      })
+      .catch((err) => {
+        if (err.status !== 404) return state.quotes.delete(id);  // asked again next time
+        const m = { id, missing: true };
+        state.quotes.set(id, m);
+        refreshQuotes(m);
+      });
+    state.quotes.set(id, asked);
+  }
+
+  function refreshQuotes(m) {
+    for (const quote of document.querySelectorAll('#messages .quote[data-reply-to="' + m.id + '"], #pending .quote[data-reply-to="' + m.id + '"]')) {
+      fillQuote(quote, m);
+    }
+    const c = state.compose;
+    if (c && c.message.id === m.id) {
+      if (m.deleted) setCompose(null); else { c.message = m; describeCompose(); }
+    }
+  }
+
+  // A changed message (an `update` frame, or a replay): shown in its place, as it is now.
+  function updateMessage(m) {
+    if (state.quotes.has(m.id)) state.quotes.set(m.id, m);
+    const known = state.shown.get(m.id);
+    if (!known || seqOf(m) < seqOf(known)) return;  // not on screen, or an older state
+    state.shown.set(m.id, m);
+    refreshQuotes(m);
+    const old = messageItem(m.id);
+    if (!old) return;
+    const focus = old.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
+    if (m.deleted && state.menu === m.id) state.menu = null;
+    const node = renderMessage(m);
+    if (old.tabIndex === -1) node.tabIndex = -1;
+    keepInPlace(() => old.replaceWith(node));
+    if (focus !== null) {
+      const again = (focus && node.querySelector('[data-focus-key="' + CSS.escape(focus) + '"]')) ||
+        node.querySelector(".more") || node;
+      if (again.tabIndex < 0 && again === node) node.tabIndex = -1;
+      again.focus({ preventScroll: true });
+    }
+  }
+
+  // Show a message of the open chat: older pages are loaded until it is there; then it is
+  // scrolled to the middle of the history, marked for a moment and focused.
+  async function reveal(id) {
+    const generation = state.generation;
+    for (let pages = 0; !state.shown.has(id) && state.hasOlder && state.oldest !== null &&
+         id < state.oldest && pages < 200; pages += 1) {
+      const loaded = await loadOlder(BIG_PAGE);
+      if (generation !== state.generation) return false;
+      if (!loaded) break;
+    }
+    const li = messageItem(id);
+    if (!li) {
+      showError("chat-error", { message: "That message is not in this chat any more." });
+      return false;
+    }
+    const box = $("history");
+    const view = box.getBoundingClientRect();
+    const place = li.getBoundingClientRect();
+    box.scrollTop += place.top - view.top - Math.max(0, (box.clientHeight - place.height) / 2);
+    state.pinned = atBottom();
+    if (state.pinned) $("jump").hidden = true;
+    li.classList.remove("highlight");
+    void li.offsetWidth;  // restart the animation
+    li.classList.add("highlight");
+    clearTimeout(state.highlight.timer);
+    state.highlight = { id, timer: setTimeout(() => {
+      const shown = messageItem(id);
+      if (shown) shown.classList.remove("highlight");
+      state.highlight = { id: null, timer: 0 };
+    }, HIGHLIGHT_FOR) };
+    li.tabIndex = -1;
+    li.focus({ preventScroll: true });
+    return true;
   }
 
   // Messages sent from this page that the server has not stored yet (or refused).
@@ -706,7 +1089,9 @@
     const note = document.createElement("span");
     note.className = "state";
     note.textContent = status;
-    li.append(note, text);
+    li.append(note);
+    if (frame.reply_to) li.append(quoteNode(frame.chat_id, frame.reply_to));
+    li.append(text);
     if (failed) {
       const retry = document.createElement("button");
       retry.type = "button";
@@ -714,6 +1099,8 @@
       retry.addEventListener("click", () => {
         state.failed.delete(nonce);
         const box = $("composer-text");
+        const original = frame.reply_to && state.shown.get(frame.reply_to);
+        if (original && !original.deleted && !state.compose) setCompose({ mode: "reply", message: original });
         if (!box.value) box.value = frame.text;
         renderPending();
         updateConnectionNote();
@@ -808,9 +1195,10 @@
     return false;
   }
 
-  function join(chatId) {
-    // Everything after the newest message we have (0: the chat was empty), then live ones.
-    send({ type: "join", chat_id: chatId, since: state.lastId.get(chatId) || 0 });
+  function join(chatId, since) {
+    // Every message and change after the newest we have (0: the chat was empty), then live ones.
+    if (since === undefined) since = state.cursor.get(chatId) || 0;
+    send({ type: "join", chat_id: chatId, since });
   }
 
   // The note under the history while messages wait for the connection; gone once they left.
@@ -833,6 +1221,8 @@
       case "message": {
         const mine = frame.nonce && state.pending.delete(frame.nonce);
         noteLastId(frame.chat_id, frame.id);
+        noteCursor(frame.chat_id, seqOf(frame));
+        stopTyping(frame.chat_id, frame.owner_id);  // their message ends their "typing"
         if (frame.chat_id === state.current) {
           const stick = state.pinned || mine;
           if (mine) renderPending();
@@ -849,10 +1239,22 @@
         if (mine) updateConnectionNote();
         return;
       }
+      case "update": {
+        // A message changed (edited, deleted, reacted to): the frame is the whole message now.
+        const m = frame.message || frame;
+        noteCursor(m.chat_id, seqOf(m));
+        if (m.chat_id === state.current) updateMessage(m);
+        return;
+      }
+      case "typing":
+        if (state.me && frame.user_id === state.me.id) return;  // another tab of ours
+        startTyping(frame);
+        return;
       case "joined":
-        // Our cursor was beyond the chat's newest message (a restored server):
+        // Our cursor was beyond the chat's newest change (a restored server):
         // resume from where the server is, or a reconnect would skip messages.
-        if (frame.cursor_reset) state.lastId.set(frame.chat_id, frame.last_id);
+        // (`last_id` is then the chat's highest seq; the read marker keeps message ids.)
+        if (frame.cursor_reset) state.cursor.set(frame.chat_id, frame.last_id);
         return;
       case "chat_created":
         if (frame.chat && !state.chats.has(frame.chat.id)) {
@@ -924,19 +1326,217 @@
     const box = $("composer-text");
     const text = box.value;
     if (!state.current) return;
+    if (state.compose && state.compose.mode === "edit") return sendEdit();
     if (!text.trim()) {
       showError("chat-error", { message: "Write something first." });
       return;
     }
     if ($("chat-error").dataset.kind !== "offline") showError("chat-error", null);
     const frame = { type: "message", chat_id: state.current, text, nonce: newNonce() };
+    if (state.compose && state.compose.mode === "reply") frame.reply_to = state.compose.message.id;
     state.pending.set(frame.nonce, frame);  // sent again after a reconnect until it comes back
     send(frame);
+    setCompose(null);
     box.value = "";
     renderPending();
     scrollToBottom();
     updateConnectionNote();
     box.focus();
+  }
+
+  // An edit goes out at once or not at all (it is not queued like a new message).
+  function sendEdit() {
+    const box = $("composer-text");
+    const m = state.compose.message;
+    if (!box.value.trim()) {
+      showError("chat-error", { message: "Write something first (to take the message back, delete it from its actions)." });
+      return;
+    }
+    if (box.value !== m.text) {
+      const frame = { type: "edit", chat_id: m.chat_id, message_id: m.id, text: box.value };
+      if (!send(frame)) return notConnected("changed");
+    }
+    showError("chat-error", null);
+    setCompose(null);
+    box.focus();
+  }
+
+  // ---- Replying and editing in the composer ---------------------------------
+
+  function setCompose(compose) {
+    const was = state.compose;
+    const box = $("composer-text");
+    if (was && was.mode === "edit") box.value = was.draft || "";  // what was being written before
+    state.compose = compose;
+    if (compose && compose.mode === "edit") {
+      compose.draft = box.value;
+      box.value = compose.message.text;
+    }
+    describeCompose();
+    if (compose) {
+      box.focus();
+      if (compose.mode === "edit") box.setSelectionRange(box.value.length, box.value.length);
+    }
+  }
+
+  function describeCompose() {
+    const compose = state.compose;
+    $("compose-bar").hidden = !compose;
+    if (!compose) return;
+    const what = $("compose-what");
+    const cancel = $("compose-cancel");
+    if (compose.mode === "edit") {
+      what.textContent = "Editing your message (Enter saves, Escape cancels)";
+      cancel.setAttribute("aria-label", "Cancel editing");
+    } else {
+      const m = compose.message;
+      const who = document.createElement("strong");
+      who.textContent = m.username || nameOf(m.owner_id);
+      const said = document.createElement("span");
+      said.className = "quote-said";
+      said.textContent = m.text;
+      what.replaceChildren("Replying to ", who, ": ", said);
+      cancel.setAttribute("aria-label", "Cancel the reply");
+    }
+  }
+
+  // ---- Typing ----------------------------------------------------------------
+
+  function typed() {
+    const chatId = state.current;
+    if (!chatId || !$("composer-text").value.trim() || (state.compose && state.compose.mode === "edit")) return;
+    const now = Date.now();
+    if (now - (state.typingSent.get(chatId) || 0) < TYPING_EVERY) return;
+    if (send({ type: "typing", chat_id: chatId })) state.typingSent.set(chatId, now);
+  }
+
+  function startTyping(frame) {
+    let typists = state.typists.get(frame.chat_id);
+    if (!typists) state.typists.set(frame.chat_id, typists = new Map());
+    const known = typists.get(frame.user_id);
+    if (known) clearTimeout(known.timer);
+    const holds = (typeof frame.expires_in === "number" ? frame.expires_in : 5) * 1000;
+    typists.set(frame.user_id, {
+      username: frame.username || nameOf(frame.user_id),
+      timer: setTimeout(() => stopTyping(frame.chat_id, frame.user_id), holds),
+    });
+    if (frame.chat_id === state.current) renderTyping();
+  }
+
+  function stopTyping(chatId, userId) {
+    const typists = state.typists.get(chatId);
+    const known = typists && typists.get(userId);
+    if (!known) return;
+    clearTimeout(known.timer);
+    typists.delete(userId);
+    if (chatId === state.current) renderTyping();
+  }
+
+  function renderTyping() {
+    const who = [...(state.typists.get(state.current) || new Map()).values()].map((t) => t.username);
+    let text = "";
+    if (who.length === 1) text = who[0] + " is typing…";
+    else if (who.length === 2) text = who[0] + " and " + who[1] + " are typing…";
+    else if (who.length > 2) text = who[0] + ", " + who[1] + " and " + (who.length - 2) + " more are typing…";
+    $("typing").textContent = text;
+  }
+
+  // ---- Search ----------------------------------------------------------------
+
+  const SEARCH_PAGE = 20;
+
+  async function runSearch(more) {
+    if (!more) {
+      const q = $("search-q").value.trim();
+      if (!q) {
+        clearSearch();
+        showError("search-error", { message: "Type a word to find first." });
+        $("search-q").focus();
+        return;
+      }
+      state.search = { q, before: null };
+      $("search-results").replaceChildren();
+    }
+    const search = state.search;
+    if (!search) return;
+    let answer;
+    try {
+      answer = await api("GET", "/search?q=" + encodeURIComponent(search.q) + "&limit=" + SEARCH_PAGE +
+        (search.before ? "&before=" + search.before : ""));
+    } catch (err) {
+      if (state.search === search) showError("search-error", err);
+      return;
+    }
+    if (state.search !== search) return;  // another search (or logout) meanwhile
+    const found = Array.isArray(answer) ? answer : (answer.results || answer.messages || []);
+    showError("search-error", null);
+    $("search-box").hidden = false;
+    $("search-results").append(...found.map(resultItem));
+    if (found.length) search.before = found[found.length - 1].id;
+    $("search-more").hidden = found.length < SEARCH_PAGE;
+    $("search-none").hidden = $("search-results").children.length > 0;
+    if (!more) {
+      const first = $("search-results").querySelector("button");
+      if (first) first.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function resultItem(m) {
+    const li = document.createElement("li");
+    const open = actionButton("", () => openResult(m));
+    open.className = "result";
+    open.dataset.id = m.id;
+    const where = document.createElement("span");
+    where.className = "result-where";
+    const chat = state.chats.get(m.chat_id);
+    const date = new Date(m.created_at);
+    where.textContent = (chat ? chatLabel(chat) : "chat " + m.chat_id) + " · " + (m.username || nameOf(m.owner_id)) +
+      (isNaN(date) ? "" : " · " + date.toLocaleString([], { dateStyle: "medium", timeStyle: "short" }));
+    const said = document.createElement("span");
+    said.className = "result-text";
+    said.append(...marked(m.text, state.search ? state.search.q : ""));
+    open.append(where, said);
+    li.append(open);
+    return li;
+  }
+
+  // The text with the words found marked (<mark>): each word of the query at the start of
+  // a word of the text, case aside. (The server also folds diacritics: such a match
+  // simply shows unmarked.)
+  function marked(text, q) {
+    const words = q.split(/\s+/).filter(Boolean).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    if (!words.length) return [text];
+    const found = new RegExp("(?<![\\p{L}\\p{N}])(?:" + words.join("|") + ")", "giu");
+    const parts = [];
+    let at = 0;
+    for (const match of text.matchAll(found)) {
+      if (!match[0]) continue;
+      parts.push(text.slice(at, match.index));
+      const mark = document.createElement("mark");
+      mark.textContent = match[0];
+      parts.push(mark);
+      at = match.index + match[0].length;
+    }
+    parts.push(text.slice(at));
+    return parts;
+  }
+
+  // A result opens its chat (unless open) and shows the message there.
+  async function openResult(m) {
+    if (state.current !== m.chat_id || !state.loaded) {
+      await openChat(m.chat_id, false);
+    } else {
+      showScreen("chat");
+    }
+    if (state.current === m.chat_id && state.loaded) await reveal(m.id);
+  }
+
+  function clearSearch() {
+    state.search = null;
+    $("search-results").replaceChildren();
+    $("search-box").hidden = true;
+    $("search-more").hidden = true;
+    showError("search-error", null);
   }
 
   // ---- Events --------------------------------------------------------------
@@ -1042,7 +1642,36 @@
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         sendMessage();
+      } else if (event.key === "Escape" && state.compose) {
+        event.preventDefault();
+        setCompose(null);
+      } else if (event.key === "ArrowUp" && !event.target.value && !state.compose) {
+        // Up in an empty box edits one's newest message, as in other chat clients.
+        const own = [...$("messages").querySelectorAll("li.message.mine:not(.deleted)")].pop();
+        const m = own && state.shown.get(Number(own.dataset.id));
+        if (m) {
+          event.preventDefault();
+          setCompose({ mode: "edit", message: m });
+        }
       }
+    });
+    $("composer-text").addEventListener("input", typed);
+    $("compose-cancel").addEventListener("click", () => setCompose(null));
+    $("search-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      runSearch(false);
+    });
+    $("search-more").addEventListener("click", () => runSearch(true));
+    $("search-close").addEventListener("click", () => {
+      clearSearch();
+      $("search-q").focus();
+    });
+    // A click elsewhere closes a message's open actions.
+    document.addEventListener("click", (event) => {
+      if (state.menu === null) return;
+      // The path as dispatched: a button the click replaced is no longer inside its message.
+      const open = messageItem(state.menu);
+      if (!open || !event.composedPath().includes(open)) closeMenu(false);
     });
     for (const input of document.querySelectorAll("#reg-form input, #login-form input")) {
       // A corrected field loses its mark at once; others keep theirs until the next submit.
