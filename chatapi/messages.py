@@ -7,8 +7,7 @@ new `seq`, and published as an `update` frame after its commit (on every process
 
 from __future__ import annotations
 
-import re
-import unicodedata
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from aiohttp import web
 from . import db, teams
 from .auth import USER
 from .keys import CONFIG, DB, WRITER
-from .shapes import Id, Json, Timestamp, is_int, is_utf8
+from .shapes import FieldError, Id, Json, Shape, Text, Timestamp, Word
 from .validation import ApiError, json_object
 
 MAX_NONCE = 64
@@ -43,7 +42,6 @@ MESSAGE_FIELDS = {
         },
     }, default=None, description="by emoji; absent when there is none"),
 }
-NUL = "\x00"
 REFUSED = {
     db.NO_MESSAGE: (404, "message {message_id} does not exist in chat {chat_id}"),
     db.GONE: (409, "message {message_id} is deleted"),
@@ -56,48 +54,66 @@ FORBIDDEN = {
 }
 
 
-def text_problem(text: Any, max_text: int) -> str | None:
-    """Why `text` cannot be a message's text, or None."""
-    if not isinstance(text, str):
-        return "text is required and must be a string"
-    if not text.strip():
-        return "text must not be empty or only white space"
-    if len(text) > max_text:
-        return f"text must be at most {max_text} characters"
-    if not is_utf8(text):
-        return "text must be valid Unicode (no lone surrogates)"
-    if NUL in text:
-        return "text must not contain the character U+0000"
-    return None
+@functools.cache
+def message_text(max_text: int) -> Text:
+    """A message's text, as posted or edited (over HTTP and the websocket alike)."""
+    return Text(1, max_text, blank=False, nul=False, reasons={
+        "required": "is required and must be a string",
+        "type": "is required and must be a string",
+        "empty": "must not be empty or only white space",
+        "unicode": "must be valid Unicode (no lone surrogates)",
+    }, description="not only white space; no U+0000")
 
 
-def nonce_problem(nonce: Any) -> str | None:
-    if nonce is None or (
-        isinstance(nonce, str) and 1 <= len(nonce) <= MAX_NONCE and is_utf8(nonce)
-        and NUL not in nonce
-    ):
-        return None
-    return f"nonce must be a string of 1 to {MAX_NONCE} characters (not U+0000)"
+NONCE = Text(
+    1, MAX_NONCE, nul=False, null=True, default=None,
+    reason=f"must be a string of 1 to {MAX_NONCE} characters (not U+0000)",
+    description="makes the post idempotent (per user)",
+)
+REPLY_TO = Id(null=True, default=None, reason="must be a message id (a positive integer)",
+              description="a message of the same chat")
+EMOJI_LENGTH = f"must be a string of 1 to {MAX_EMOJI} characters"
+# An emoji, a ZWJ sequence (a zero width joiner is Cf, not Cc) or a short name such as `+1`.
+EMOJI = Word(1, MAX_EMOJI, refused="/", reasons={
+    key: EMOJI_LENGTH for key in ("required", "type", "empty", "long", "unicode")
+}, description=f"1 to {MAX_EMOJI} characters, no white space, '/' or control characters; "
+   f"at most {db.MAX_REACTIONS} per user per message")
 
 
-def emoji_problem(emoji: Any) -> str | None:
-    """Why `emoji` cannot be a reaction: one is 1 to 32 characters of valid Unicode
-    without white space or control characters (an emoji, a ZWJ sequence, or a short
-    name such as `+1`)."""
-    if not isinstance(emoji, str) or not 1 <= len(emoji) <= MAX_EMOJI or not is_utf8(emoji):
-        return f"emoji must be a string of 1 to {MAX_EMOJI} characters"
-    if any(ch.isspace() or ch == "/" or unicodedata.category(ch) == "Cc" for ch in emoji):
-        return "emoji must not contain white space, '/' or control characters"
-    return None
+@functools.cache
+def new_message(max_text: int) -> Shape:
+    return Shape("NewMessage", {"text": message_text(max_text), "nonce": NONCE,
+                                "reply_to": REPLY_TO})
 
 
-async def check_reply(app: web.Application, chat_id: int, reply_to: Any) -> int | None:
-    """`reply_to` of a new message: None, or the id of a message of the same chat."""
+@functools.cache
+def message_edit(max_text: int) -> Shape:
+    return Shape("MessageEdit", {"text": message_text(max_text)})
+
+
+REACTION = Shape("Reaction", {"emoji": EMOJI})
+MESSAGE_PATH = Shape("MessagePath", {
+    **teams.CHAT_PATH.fields,
+    "message_id": Id(description="a message of the chat; any other value answers 404"),
+})
+REACTION_PATH = Shape("ReactionPath", {**MESSAGE_PATH.fields, **REACTION.fields})
+
+
+def read(shape: Shape, body: dict[str, Any]) -> dict[str, Any]:
+    """The body's fields; a refusal is a 400 worded as the websocket words it:
+    {"error": "text must ...", "details": {"text": "text must ..."}}."""
+    try:
+        return shape.read(body)
+    except FieldError as exc:
+        words = exc.frame_text()
+        raise ApiError(400, words, {exc.field: words}) from None
+
+
+async def check_reply(app: web.Application, chat_id: int, reply_to: int | None) -> int | None:
+    """`reply_to` of a new message (as REPLY_TO reads it): None, or the id of a message
+    of the same chat."""
     if reply_to is None:
         return None
-    if not is_int(reply_to) or not 1 <= reply_to <= db.MAX_ID:
-        reason = "reply_to must be a message id (a positive integer)"
-        raise ApiError(400, reason, {"reply_to": reason})
     if await db.message_by_id(app[DB], chat_id, reply_to) is None:
         # Well-formed, but naming nothing: a 404, as an unknown member is.
         raise ApiError(404, f"reply_to: message {reply_to} does not exist in chat {chat_id}")
@@ -144,10 +160,12 @@ def credentials(user: dict[str, Any]) -> dict[str, int | None]:
 
 def _ids_in_path(request: web.Request) -> tuple[int, int]:
     chat_id = teams.chat_id_in_path(request)
-    raw = request.match_info["message_id"]
-    if not re.fullmatch(r"[0-9]{1,19}", raw):
-        raise ApiError(404, f"message {raw} does not exist in chat {chat_id}")
-    return chat_id, int(raw)
+    try:
+        message_id = MESSAGE_PATH.read_query(request.match_info)["message_id"]
+    except FieldError:
+        raw = request.match_info["message_id"]
+        raise ApiError(404, f"message {raw} does not exist in chat {chat_id}") from None
+    return chat_id, message_id
 
 
 def _answer(stored: db.Stored, status: int = 200) -> web.Response:
@@ -160,18 +178,12 @@ async def post_message(request: web.Request) -> web.Response:
     message, 200 with the original when the nonce was used before."""
     app, user = request.app, request[USER]
     chat_id = teams.chat_id_in_path(request)
-    body = await json_object(request)
-    for field, problem in (
-        ("text", text_problem(body.get("text"), app[CONFIG].max_text)),
-        ("nonce", nonce_problem(body.get("nonce"))),
-    ):
-        if problem:
-            raise ApiError(400, problem, {field: problem})
+    body = read(new_message(app[CONFIG].max_text), await json_object(request))
     if not await teams.enter_chat(app, user["id"], chat_id):
         raise teams.unknown_chat(chat_id)
-    reply_to = await check_reply(app, chat_id, body.get("reply_to"))
+    reply_to = await check_reply(app, chat_id, body["reply_to"])
     draft = db.Draft(
-        chat_id, user["id"], user["username"], body["text"], body.get("nonce"),
+        chat_id, user["id"], user["username"], body["text"], body["nonce"],
         reply_to=reply_to, **credentials(user),
     )
     stored = await app[WRITER].post(draft)
@@ -196,10 +208,7 @@ async def get_message(request: web.Request) -> web.Response:
 async def edit_message(request: web.Request) -> web.Response:
     """PATCH /chats/{chat_id}/messages/{message_id} {text}: the author edits."""
     chat_id, message_id = _ids_in_path(request)
-    body = await json_object(request)
-    problem = text_problem(body.get("text"), request.app[CONFIG].max_text)
-    if problem:
-        raise ApiError(400, problem, {"text": problem})
+    body = read(message_edit(request.app[CONFIG].max_text), await json_object(request))
     user = request[USER]
     change = db.Change(db.EDIT, chat_id, message_id, user["id"], text=body["text"],
                        **credentials(user))
@@ -217,10 +226,7 @@ async def delete_message(request: web.Request) -> web.Response:
 async def react(request: web.Request) -> web.Response:
     """PUT (add) and DELETE (remove) /chats/{chat_id}/messages/{message_id}/reactions/{emoji}."""
     chat_id, message_id = _ids_in_path(request)
-    emoji = request.match_info["emoji"]
-    problem = emoji_problem(emoji)
-    if problem:
-        raise ApiError(400, problem, {"emoji": problem})
+    emoji = read(REACTION, request.match_info)["emoji"]
     user = request[USER]
     kind = db.REACT if request.method == "PUT" else db.UNREACT
     change = db.Change(kind, chat_id, message_id, user["id"], emoji=emoji, **credentials(user))

@@ -510,7 +510,8 @@ class PostgresDatabase(Database):
                 return []
             rows = await conn.fetch(
                 f"""SELECT {_MESSAGE_JSON} FROM messages m JOIN users u ON u.id = m.owner_id
-                    WHERE m.search @@ $1::tsquery AND m.id < $2 AND {readable}
+                    WHERE m.search @@ $1::tsquery AND m.id < $2 AND m.deleted_at IS NULL
+                      AND {readable}
                     ORDER BY m.id DESC LIMIT $3""",
                 query, before, limit, user_id if chat_id is None else chat_id,
             )

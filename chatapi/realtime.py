@@ -16,7 +16,7 @@ from . import db, messages, teams, typists
 from .auth import authenticate, bearer_token, public
 from .hub import Connection, error_frame, message_frame
 from .keys import BUS, CONFIG, DB, HUB, METRICS, TYPISTS, WRITER
-from .shapes import Choice, FieldError, Id, Shape, Text, is_utf8
+from .shapes import Choice, FieldError, Id, Shape, is_utf8
 from .validation import ApiError
 from .writer import NOT_STORED
 
@@ -30,7 +30,6 @@ class FrameError(Exception):
 
 # The frames a client sends. A refused field is answered "field reason" in an error frame.
 CHAT_ID = Id(null=True, reason="must be a positive integer")
-MAX_NONCE = messages.MAX_NONCE
 
 
 @functools.cache
@@ -39,19 +38,7 @@ def post_frame(max_text: int) -> Shape:
     return Shape("PostFrame", {
         "type": Choice(("message",), default="message"),
         "chat_id": CHAT_ID,
-        "text": Text(1, max_text, blank=False, nul=False, reasons={
-            "required": "is required and must be a string",
-            "type": "is required and must be a string",
-            "empty": "must not be empty or only white space",
-            "unicode": "must be valid Unicode (no lone surrogates)",
-        }),
-        "nonce": Text(
-            1, MAX_NONCE, nul=False, null=True, default=None,
-            reason=f"must be a string of 1 to {MAX_NONCE} characters (not U+0000)",
-            description="makes the send idempotent",
-        ),
-        "reply_to": Id(null=True, default=None, reason="must be a message id (a positive integer)",
-                       description="a message of the same chat"),
+        **messages.new_message(max_text).fields,
     })
 
 
@@ -347,15 +334,9 @@ async def change(app: web.Application, conn: Connection, frame: dict[str, Any], 
     chat_id, message_id = wanted["chat_id"], wanted["message_id"]
     text = emoji = None
     if kind == db.EDIT:
-        text = frame.get("text")
-        problem = messages.text_problem(text, app[CONFIG].max_text)
+        text = read_frame(messages.message_edit(app[CONFIG].max_text), frame)["text"]
     elif kind in (db.REACT, db.UNREACT):
-        emoji = frame.get("emoji")
-        problem = messages.emoji_problem(emoji)
-    else:
-        problem = None
-    if problem:
-        raise FrameError(problem)
+        emoji = read_frame(messages.REACTION, frame)["emoji"]
     user = {"id": conn.user_id, "username": conn.username}
     # Subscribed first (as a poster is) when the user may read the chat.
     chat = await teams.visible_chat(app, chat_id, user)

@@ -12,13 +12,14 @@ both come from the declaration.
     HISTORY.read_query(request.query)  # query or path parameters, from their text
     HISTORY.parameters("query")        # their OpenAPI parameter objects
 
-Field kinds: `Text` (length, stripping, U+0000, control characters), `Email`, `Int`
+Field kinds: `Text` (length, stripping, U+0000, control characters), `Word` (a token
+without white space), `Email`, `Int`
 (bounds), `Ids` (a list of ids), `Choice`, `Bool`, `Timestamp`, `Nested` (a shape in a
 shape) and `Json` (any value, checked elsewhere or not at all). Every field takes
 `default` (used when the field is absent; a field without one is required),
 `description`, `null=True` (a JSON null reads as absent) and, to word a refusal,
 `reason=` (every refusal but "is required") or `reasons={key: text}` (`Text`'s keys:
-required, type, empty, short, long, unicode, nul, control).
+required, type, empty, short, long, unicode, nul, control; `Word` adds word).
 
 Fields are checked in declaration order and the first refusal is a FieldError: HTTP
 answers it 400 `{"error": "field: reason", "details": {field: reason}}`, a websocket error
@@ -249,6 +250,38 @@ class Text(Field):
             schema["pattern"] = rf"^{any_char}*$"
         return schema
 
+
+
+class Word(Text):
+    """A string of min_len..max_len characters without white space, Cc control characters
+    (all below U+0100; Cf ones, such as a zero width joiner, are taken) or any of the characters `refused`
+    (reason key "word")."""
+
+    def __init__(self, min_len: int = 1, max_len: int | None = None, *, refused: str = "",
+                 **options: Any) -> None:
+        self.refused = refused
+        super().__init__(min_len, max_len, **options)
+
+    def default_reasons(self) -> dict[str, str]:
+        listed = "".join(f", '{ch}'" for ch in self.refused)
+        return {**super().default_reasons(),
+                "word": f"must not contain white space{listed} or control characters"}
+
+    def check(self, value: Any) -> Any:
+        value = super().check(value)
+        if any(ch.isspace() or ch in self.refused or unicodedata.category(ch) == "Cc"
+               for ch in value):
+            raise Refused(self.reasons["word"])
+        return value
+
+    def type_schema(self) -> Schema:
+        white, _ = character_classes()
+        cc = char_class([code for code in range(0x100) if unicodedata.category(chr(code)) == "Cc"])
+        refused = "".join(re.escape(ch) for ch in self.refused)
+        most = "" if self.max_len is None else self.max_len
+        return {"type": "string", "minLength": self.min_len,
+                **({} if self.max_len is None else {"maxLength": self.max_len}),
+                "pattern": rf"^[^{white}{cc}{refused}]{{{self.min_len},{most}}}$"}
 
 def stripped_pattern(min_len: int, max_len: int, refused: str = "") -> str:
     """A pattern for a string of min_len..max_len characters once white space is

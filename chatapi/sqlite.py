@@ -604,7 +604,7 @@ def search_statement(in_chat: bool) -> str:
                JOIN messages m ON m.id = messages_fts.rowid
                JOIN users u ON u.id = m.owner_id
                WHERE messages_fts MATCH :query AND messages_fts.rowid < :before
-                 AND {readable}
+                 AND m.deleted_at IS NULL AND {readable}
                ORDER BY messages_fts.rowid DESC LIMIT :limit"""
 
 

@@ -236,6 +236,25 @@ async def test_reactions_one_per_emoji_per_user_and_capped(client, register):
     assert await change(client, bob, "DELETE", path(chat, message["id"], "+1")) == body
 
 
+
+@pytest.mark.parametrize("message_id", ["0", "-1", "x", "1.5", str(2**63), "9" * 30])
+async def test_a_message_id_out_of_range_is_an_unknown_message(client, register, message_id):
+    alice = await register(client, "alice")
+    chat = await create_chat(client, alice)
+    for method, tail in (("GET", ""), ("PATCH", ""), ("PUT", "/reactions/%2B1")):
+        resp = await client.request(method, f"/chats/{chat}/messages/{message_id}{tail}",
+                                    json={"text": "x"}, headers=alice.headers)
+        error = await assert_error(resp, 404)
+        assert error["error"] == f"message {message_id} does not exist in chat {chat}"
+
+
+async def test_a_malformed_reply_to_is_a_400_before_the_chat_is_looked_up(client, register):
+    alice = await register(client, "alice")
+    resp = await client.post("/chats/999999/messages", json={"text": "x", "reply_to": "1"},
+                             headers=alice.headers)
+    reason = "reply_to must be a message id (a positive integer)"
+    assert await assert_error(resp, 400) == {"error": reason, "details": {"reply_to": reason}}
+
 @pytest.mark.parametrize("emoji", ["a%20b", "x" * 33, "%09", "%00", "a%2Fb"])
 async def test_malformed_emoji_is_400(client, register, emoji):
     alice = await register(client, "alice")

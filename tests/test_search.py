@@ -115,6 +115,21 @@ async def test_a_deleted_message_is_never_found(client, register, config):
     assert [m["id"] for m in await search(client, alice, "password")] == []
 
 
+
+async def test_search_asks_for_deleted_at_not_an_empty_text(client, register, config):
+    """A row marked deleted is never found, whatever its text still says; a delete over
+    HTTP takes its message out of the results at once."""
+    alice, chat, ws = await alice_in_a_chat(client, register)
+    marked = await post(ws, chat, "launch code 0000")
+    deleted = await post(ws, chat, "launch at noon")
+    kept = await post(ws, chat, "launch later")
+    await run_sql(config.db_path, "UPDATE messages SET deleted_at = ? WHERE id = ?",
+                  "2026-01-01T00:00:00.000Z", marked["id"])
+    resp = await client.delete(f"/chats/{chat}/messages/{deleted['id']}", headers=alice.headers)
+    assert resp.status == 200, await resp.text()
+    assert [m["id"] for m in await search(client, alice, "launch")] == [kept["id"]]
+    assert await search(client, alice, "code", chat_id=chat) == []
+
 async def test_private_and_direct_chats_of_others_never_match(client, register):
     alice, bob, eve = [await register(client, n) for n in ("alice", "bob", "eve")]
     public = await create_chat(client, alice, "open")

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 
-from chatapi import realtime, teams, users
+from chatapi import messages, realtime, teams, users
 from chatapi.shapes import MAX_ID, FieldError, Shape
 
 # Each request shape with a body it accepts, which the test then changes.
@@ -24,6 +24,10 @@ REQUEST_SHAPES = [
     (teams.ROLE_CHANGE, {"role": "owner"}),
     (teams.READ_UP_TO, {"message_id": 0}),
     (teams.NEW_INVITE, {}),
+    (messages.new_message(50), {"text": "hi", "nonce": "n", "reply_to": 1}),
+    (messages.message_edit(50), {"text": "hi"}),
+    (messages.REACTION, {"emoji": "+1"}),
+    (messages.REACTION_PATH, {"chat_id": 1, "message_id": 1, "emoji": "👍‍"}),
     (realtime.post_frame(50), {"chat_id": 1, "text": "hi"}),
     (realtime.JOIN_FRAME, {"type": "join", "chat_id": 1}),
     (realtime.LEAVE_FRAME, {"type": "leave", "chat_id": 1}),
@@ -33,12 +37,13 @@ REQUEST_SHAPES = [
 # Values near every boundary the shapes draw: white space, control characters, U+0000,
 # email-like text, lengths around the limits, ids around 0 and 2**63-1, the enums.
 WHITE = st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2003", "\x1c", "\x85"])
-SPECIAL = st.sampled_from(["\x00", "\u200b", "\x07", "@", ".", "a", "é", "😀"])
+SPECIAL = st.sampled_from(["\x00", "\u200b", "\u200d", "\x07", "@", ".", "/", "a", "é", "😀"])
 PIECES = st.one_of(WHITE, SPECIAL, st.text(max_size=4))
 TEXTS = st.one_of(
     st.lists(PIECES, max_size=12).map("".join),
     st.builds(lambda n, pad: pad + "x" * n + pad, st.sampled_from([1, 2, 7, 8, 49, 50, 51, 128, 129,
                                                                     253, 254, 255, 256]), WHITE),
+    st.builds(lambda n: "x" * n, st.sampled_from([31, 32, 33, 63, 64, 65])),
     st.builds(lambda a, b, c: f"{a}@{b}.{c}", st.text(max_size=3), st.text(max_size=3),
               st.text(max_size=3)),
     st.sampled_from(["public", "private", "direct", "owner", "member", "message", "join", "leave",
@@ -125,6 +130,14 @@ def test_read_accepts_exactly_what_the_schema_accepts(shape, accepted):
         (teams.READ_UP_TO, {"message_id": None}, "message_id",
          "must be a message id (an integer of 0 or more)"),
         (teams.NEW_INVITE, {"uses": 0}, "uses", "must be an integer between 1 and 1000"),
+        (messages.new_message(50), {"text": "hi", "reply_to": 0}, "reply_to",
+         "must be a message id (a positive integer)"),
+        (messages.REACTION, {}, "emoji", "must be a string of 1 to 32 characters"),
+        (messages.REACTION, {"emoji": "x" * 33}, "emoji", "must be a string of 1 to 32 characters"),
+        (messages.REACTION, {"emoji": "a\tb"}, "emoji",
+         "must not contain white space, '/' or control characters"),
+        (messages.REACTION, {"emoji": "a/b"}, "emoji",
+         "must not contain white space, '/' or control characters"),
     ],
 )
 def test_refusals_keep_their_words(shape, body, field, reason):
@@ -191,11 +204,21 @@ def test_dump_keeps_the_declared_fields_of_a_row():
 async def test_the_served_document_takes_its_schemas_from_the_shapes(client):
     document = await (await client.get("/openapi.json")).json()
     schemas = document["components"]["schemas"]
+    from chatapi import chats
     from chatapi.keys import CONFIG
 
     post = realtime.post_frame(client.app[CONFIG].max_text)
     for shape in [*(shape for shape, _ in REQUEST_SHAPES[:-4]), post, teams.CHAT, teams.LISTED_CHAT]:
-        if shape.name in schemas:
+        if shape.name in schemas and shape.name not in ("NewMessage", "MessageEdit"):  # max_text 50
             assert schemas[shape.name] == shape.schema(), shape.name
     assert "PostFrame" in schemas and "Password" not in schemas
+    max_text = client.app[CONFIG].max_text
+    for shape in (chats.MESSAGE, messages.new_message(max_text), messages.message_edit(max_text)):
+        assert schemas[shape.name] == shape.schema(), shape.name
+    paths = document["paths"]
+    one = "/chats/{chat_id}/messages/{message_id}"
+    assert paths[one]["patch"]["parameters"] == messages.MESSAGE_PATH.parameters("path")
+    assert paths[one + "/reactions/{emoji}"]["put"]["parameters"] == (
+        messages.REACTION_PATH.parameters("path")
+    )
 
