@@ -150,6 +150,17 @@ class MaskCheck:
 _UNMASKED_CLOSE = b"\x88\x1e\x03\xeaclient frames must be masked"
 
 
+def _handler_settings(server: web.Server) -> dict[str, Any] | None:
+    """The settings aiohttp's Server gives each connection handler (its private
+    `_kwargs`), or None when this aiohttp has none: each connection then gets aiohttp's
+    own handler, which serves every route alike but answers parser errors in plain text
+    and logs them with the raw request line, takes unmasked client frames, and is
+    counted at accept only (SECURITY.md's promises assume ChatAPI's handler, which
+    every aiohttp 3.x that setup.cfg allows has). tests/test_fallbacks.py serves through
+    both."""
+    return getattr(server, "_kwargs", None)
+
+
 class ChatRequestHandler(RequestHandler):
     """aiohttp's connection handler, counted by its site, answering errors in JSON
     and failing a websocket whose client does not mask its frames."""
@@ -326,8 +337,8 @@ class CappedSite(web.TCPSite):
     def _new_handler(self) -> asyncio.Protocol:
         server = self._runner.server
         assert server is not None
-        kwargs = getattr(server, "_kwargs", None)
-        if kwargs is None:  # an aiohttp without it: plain-text parser errors
+        kwargs = _handler_settings(server)
+        if kwargs is None:  # an aiohttp without it: aiohttp's own handler (see below)
             handler = server()
             self.released()  # uncounted: the cap then counts accepts only
             return handler

@@ -6,6 +6,10 @@
   statement through aiosqlite's public API.
 - A close (logout, revocation) sends aiohttp's close frame alone through its internals;
   `chatapi.hub._close_frame_sender` finds them, and without them `ws.close` is called.
+- Each HTTP connection gets ChatAPI's handler (JSON parser errors, the mask check, the
+  connection count) built with the settings aiohttp's Server keeps privately;
+  `chatapi.runner._handler_settings` finds them, and without them the connection gets
+  aiohttp's own handler.
 
 Every other test runs the private paths (test_ws.py::test_the_server_waits_for_the_
 clients_close_reply runs both closes). Here the websocket tests imported below run again
@@ -16,10 +20,12 @@ of outcome runs through both paths on two databases, which must end up the same.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from test_catchup import (  # noqa: F401  (collected here again, on the public paths)
     test_a_repeated_nonce_stores_nothing_and_returns_the_original,
     test_logout_revokes_every_token_and_closes_sockets_with_4001,
@@ -40,8 +46,9 @@ from test_ws import (  # noqa: F401
     test_the_character_u0000_is_refused_in_everything_stored,
 )
 
-from chatapi import db, hub, sqlite
+from chatapi import db, hub, runner, sqlite
 from chatapi.db import Change, Draft
+from chatapi.testing import ChatServer
 
 PRIVATE_WRITER_CALL = sqlite._writer_thread_call
 
@@ -150,3 +157,31 @@ async def test_a_batch_gives_the_same_ids_seqs_rows_and_errors_on_both_paths(
     seqs = [o.message["seq"] for o in private[1] if o.is_new]
     assert len(seqs) == 5 and seqs == sorted(set(seqs)) and seqs[0] > private[0][-1].message["id"]
 
+
+
+@pytest.mark.parametrize("handler", ["ChatAPI's", "aiohttp's own"])
+async def test_http_connections_are_served_by_either_handler(monkeypatch, database, handler):
+    """The production server (ChatServer runs the same site) serves, registers and answers
+    a malformed request with a 400 through either handler; only ChatAPI's words it in JSON."""
+    from test_security import raw_request
+
+    if handler == "aiohttp's own":
+        monkeypatch.setattr(runner, "_handler_settings", lambda server: None)
+    else:
+        assert runner._handler_settings(web.Server(lambda request: None)) is not None
+    async with ChatServer(db_path=database, bcrypt_rounds=4) as server:
+        health = await raw_request(
+            server.url, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert health.startswith(b"HTTP/1.1 200") and health.endswith(b'{"status": "ok"}')
+        user = await asyncio.to_thread(server.register, "alice")
+        me = await raw_request(
+            server.url,
+            f"GET /users/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user['token']}\r\n"
+            "Connection: close\r\n\r\n",
+        )
+        assert me.startswith(b"HTTP/1.1 200") and b'"username": "alice"' in me
+        bad = await raw_request(server.url, "GET /health HTTP/1.1 junk\r\nHost: x\r\n\r\n")
+        assert b" 400 " in bad.split(b"\r\n")[0]
+        json_answer = b"application/json" in bad.split(b"\r\n\r\n")[0]
+        assert json_answer == (handler == "ChatAPI's")
