@@ -165,8 +165,9 @@ class Server:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().decode().strip() if ready else ""  # type: ignore[union-attr]
         if not line.startswith("http"):
+            tail = self.stderr_tail()  # before stop() closes the file
             self.stop()
-            raise RuntimeError(f"{self.name} did not start: {self.stderr_tail()}")
+            raise RuntimeError(f"{self.name} did not start: {tail}")
         self.url = line
         self.port = int(line.rsplit(":", 1)[1])
         return self
