@@ -15,12 +15,14 @@ from aiohttp import web
 from . import (
     __version__,
     chats,
+    messages,
     openapi_messages,
     openapi_teams,
     openapi_tokens,
     realtime,
     search,
     teams,
+    tokens,
     users,
 )
 from .auth import public
@@ -78,6 +80,8 @@ def schemas(config: Config) -> dict[str, Schema]:
         teams.READ_MARKER, teams.NEW_INVITE, teams.INVITE,
         realtime.post_frame(config.max_text), realtime.JOIN_FRAME, realtime.LEAVE_FRAME,
         realtime.READ_FRAME, realtime.TYPING_FRAME,
+        tokens.NEW_TOKEN, tokens.TOKEN, tokens.CREATED_TOKEN,
+        messages.new_message(config.max_text), messages.message_edit(config.max_text),
     ]
     return {"Timestamp": TIMESTAMP, "User": user, **{shape.name: shape.schema() for shape in shapes}}
 
@@ -475,10 +479,7 @@ def document(config: Config) -> dict[str, Any]:
                     "description": "The websocket only: the token as a query parameter.",
                 },
             },
-            "schemas": {
-                **schemas(config), **openapi_tokens.schemas(config),
-                **openapi_messages.schemas(config),
-            },
+            "schemas": schemas(config),
             "responses": error_responses(config),
         },
     }

@@ -34,11 +34,6 @@ def _response(name: str) -> Schema:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def schemas(config: Config) -> dict[str, Schema]:
-    shapes = [messages.new_message(config.max_text), messages.message_edit(config.max_text)]
-    return {shape.name: shape.schema() for shape in shapes}
-
-
 def paths(config: Config) -> dict[str, Schema]:
     """The routes of chatapi/messages.py."""
     message = {"description": "The message as stored now.",

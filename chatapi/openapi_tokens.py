@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from .config import Config
 from .openapi_teams import Schema, _error, _json, _ref, _response
-from .tokens import CREATED_TOKEN, MAX_TOKENS, NEW_TOKEN, TOKEN, TOKEN_PATH
+from .tokens import MAX_TOKENS, TOKEN_PATH
 from .typists import EXPIRES_IN, INTERVAL
 
 SESSION_ONLY = "The caller authenticated with an API token: only a session token manages them."
-
-
-def schemas(config: Config) -> dict[str, Schema]:
-    """The API token shapes, by component name (declared in chatapi/tokens.py)."""
-    return {shape.name: shape.schema() for shape in (NEW_TOKEN, TOKEN, CREATED_TOKEN)}
 
 
 def paths(config: Config) -> dict[str, Schema]:
