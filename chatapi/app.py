@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -32,6 +32,26 @@ from .writer import MessageWriter
 log = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
+RESTART_PAUSE = 0.1  # seconds before a failed background task starts again
+
+
+async def supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop for the life of the application: one that fails is logged
+    and started again (after a pause growing to 5 s while it keeps failing), so a fault
+    nobody foresaw costs the loop a restart, never the server the loop."""
+    loop = asyncio.get_running_loop()
+    pause = RESTART_PAUSE
+    while True:
+        started = loop.time()
+        try:
+            await run()
+            return
+        except Exception:
+            if loop.time() - started > 60:
+                pause = RESTART_PAUSE
+            log.exception("background task %s failed; starting it again in %.1fs", name, pause)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 @public
@@ -100,10 +120,10 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.watch(hub, database.pool_in_use)
     await users.in_executor(users.dummy_hash, config.bcrypt_rounds)
     tasks = [
-        asyncio.create_task(writer.run()),
-        asyncio.create_task(hub.run_presence()),
-        asyncio.create_task(watch_revocations(database, hub)),
-        asyncio.create_task(bus.run()),
+        asyncio.create_task(supervised("writer", writer.run)),
+        asyncio.create_task(supervised("presence", hub.run_presence)),
+        asyncio.create_task(supervised("revocations", lambda: watch_revocations(database, hub))),
+        asyncio.create_task(supervised("bus", bus.run)),
     ]
     yield
     for task in tasks:

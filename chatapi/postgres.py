@@ -55,6 +55,9 @@ AWAY = (
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+    # The driver losing track of a connection while the server restarts (a
+    # ProtocolError, TargetServerAttributeNotMatched when no attempt left an error).
+    asyncpg.exceptions.InternalClientError,
 )
 # What background work (bus, leases) rides out and retries.
 DOWN = (*AWAY, asyncpg.PostgresError, Unavailable)

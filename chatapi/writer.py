@@ -72,9 +72,11 @@ class MessageWriter:
                         future.set_result(failed)
                 continue
             new = [stored.message for stored in results if stored.is_new]
-            self._bus.published(new)
-            for (_, future), stored in zip(batch, results):
-                if not future.done():
-                    future.set_result(stored)
+            try:
+                self._bus.published(new)
+            finally:  # committed: the posters hear so, whatever publishing met
+                for (_, future), stored in zip(batch, results):
+                    if not future.done():
+                        future.set_result(stored)
             if new and kind is db.Draft and self._metrics is not None:
                 self._metrics.messages_stored.inc(len(new))

@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import select
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +343,13 @@ async def assert_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, A
     return body
 
 
+def _process_command(database: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `python -m chatapi --port 0` on `database`:
+    production settings but bcrypt cost 4, and `env`."""
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CHATAPI_BCRYPT_ROUNDS": "4", **env}
+    return [sys.executable, "-m", "chatapi", "--port", "0", "--db", database], environ
+
+
 @contextlib.asynccontextmanager
 async def chatapi_process(
     tmp_path: Path,
@@ -352,11 +361,11 @@ async def chatapi_process(
     production settings but bcrypt cost 4 and `env`; yields (its URL, the file its
     stderr goes to)."""
     stderr_path = tmp_path / "stderr"
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CHATAPI_BCRYPT_ROUNDS": "4", **env}
+    command, environ = _process_command(database or str(tmp_path / "chat.db"), env)
     with stderr_path.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatapi", "--port", "0", "--db", database or str(tmp_path / "chat.db"),
-            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=environ, preexec_fn=preexec_fn,
+            *command, stdout=asyncio.subprocess.PIPE, stderr=stderr, env=environ,
+            preexec_fn=preexec_fn,
         )
     try:
         assert proc.stdout is not None
@@ -367,3 +376,22 @@ async def chatapi_process(
         if proc.returncode is None:
             proc.kill()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+@contextlib.contextmanager
+def chatapi_process_sync(tmp_path: Path, database: str, **env: str) -> Iterator[str]:
+    """chatapi_process for synchronous tests and fixtures; yields the server's URL."""
+    stderr_path = tmp_path / "stderr"
+    command, environ = _process_command(database, env)
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=environ)
+    try:
+        assert proc.stdout is not None
+        started, _, _ = select.select([proc.stdout], [], [], 30)
+        url = proc.stdout.readline().decode().strip() if started else ""
+        assert url.startswith("http://127.0.0.1:"), stderr_path.read_text()
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()

@@ -12,18 +12,9 @@ import urllib.request
 
 import pytest
 import schemathesis
-
-# schemathesis' generation modules are imported here, not lazily during the run: pytest
-# rewrites them as they are imported, and CPython 3.11's AST constructor can fail with
-# "recursion depth mismatch" when that parse meets compilation in another thread (the
-# server's, here): python/cpython#106905.
-import schemathesis.generation.jsonschema.builder
-import schemathesis.specs.openapi.adapter
-from conftest import BACKENDS, database_for
+from conftest import BACKENDS, chatapi_process_sync, database_for
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-
-from chatapi.testing import ChatServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -35,15 +26,24 @@ def register(url: str, name: str) -> str:
         return json.loads(resp.read())["token"]
 
 
+class Server:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.token = register(url, "schemathesis")
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
-    # Login failures from the fuzzer must not lock out the rest of the run.
-    with database_for(request.param, tmp_path_factory.mktemp("schemathesis")) as database, ChatServer(
-        db_path=database, bcrypt_rounds=4, access_log=False, login_failures_per_address=10**6,
-        frames_per_second=10_000.0, frame_burst=10_000,
-    ) as server:
-        server.token = register(server.url, "schemathesis")
-        yield server
+    # A server process, not a server thread of this one: CPython 3.11's AST constructor
+    # fails with "recursion depth mismatch" when a parse here (schemathesis, hypothesis)
+    # meets a compilation in another thread (python/cpython#106905). Login failures from
+    # the fuzzer must not lock out the rest of the run.
+    directory = tmp_path_factory.mktemp("schemathesis")
+    with database_for(request.param, directory) as database, chatapi_process_sync(
+        directory, database, CHATAPI_ACCESS_LOG="false",
+        CHATAPI_LOGIN_FAILURES_PER_ADDRESS=str(10**6), CHATAPI_FRAMES_PER_SECOND="10000",
+    ) as url:
+        yield Server(url)
 
 
 def operations(server) -> list:

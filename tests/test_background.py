@@ -1,0 +1,92 @@
+"""Background loops (the writer, the bus, presence, revocations) outlive their faults.
+
+A loop that raised used to end silently: the server kept answering HTTP while no
+message reached a socket again. Now the failure is logged and the loop starts again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import pytest
+from conftest import connect, create_chat, next_frame
+
+from chatapi import db
+from chatapi.app import supervised
+from chatapi.hub import Hub
+from chatapi.postgres import _guarded
+
+
+async def test_a_failing_loop_is_logged_and_started_again_until_it_returns(caplog):
+    runs = []
+
+    async def flaky() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise RuntimeError(f"fault {len(runs)}")
+
+    await supervised("flaky", flaky)
+    assert runs == [0, 1, 2]
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in failures] == [
+        "background task flaky failed; starting it again in 0.1s",
+        "background task flaky failed; starting it again in 0.2s",
+    ]
+    assert [str(r.exc_info[1]) for r in failures] == ["fault 1", "fault 2"]
+
+
+async def test_after_a_fault_while_publishing_messages_keep_reaching_every_socket(
+    client, register, monkeypatch, caplog
+):
+    # The fault hits where a committed message goes out to sockets: inside the
+    # writer on SQLite, inside the bus's reader on PostgreSQL.
+    alice, bob = await register(client), await register(client)
+    chat = await create_chat(client, alice)
+    sockets = [await connect(client, user) for user in (alice, bob)]
+    for ws in sockets:
+        await ws.send_json({"type": "join", "chat_id": chat})
+        assert (await next_frame(ws))["type"] == "joined"
+    publish = Hub.publish
+    faults = []
+
+    def publish_failing_once(self: Hub, *args, **kwargs) -> None:
+        if not faults:
+            faults.append(args)
+            raise RuntimeError("a fault nobody foresaw")
+        publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hub, "publish", publish_failing_once)
+    await sockets[0].send_json({"chat_id": chat, "text": "lost live", "nonce": "n1"})
+    for attempt in range(50):  # the loop restarts within a second
+        nonce = f"after-{attempt}"
+        await sockets[0].send_json({"chat_id": chat, "text": "after the fault", "nonce": nonce})
+        frame = await next_frame(sockets[0], timeout=10)
+        if frame.get("nonce") == nonce:
+            break
+    assert faults and frame["type"] == "message" and frame["text"] == "after the fault"
+    seen_by_bob = await next_frame(sockets[1], timeout=10)
+    while seen_by_bob["nonce"] != frame["nonce"]:
+        seen_by_bob = await next_frame(sockets[1], timeout=10)
+    assert seen_by_bob["id"] == frame["id"]
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(m.startswith("background task ") and "starting it again" in m for m in failures)
+    # Nothing was lost: the message of the faulty moment is stored, once.
+    resp = await client.get("/chats/messages", params={"id": chat}, headers=alice.headers)
+    nonces = [m["nonce"] for m in await resp.json()]
+    assert nonces.count("n1") == 1 and frame["nonce"] in nonces
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_a_driver_that_lost_track_of_a_connection_counts_as_postgresql_away():
+    # What asyncpg raised from a pool connection while PostgreSQL restarted; as an
+    # unforeseen error it ended the bus's reader, and no message reached a socket again.
+    @_guarded
+    async def query() -> None:
+        raise asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
+
+    with pytest.raises(db.Unavailable, match="PostgreSQL is unavailable"):
+        await query()
