@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import time
 from typing import Any
@@ -44,6 +45,18 @@ class InvalidToken(Exception):
 
 def read_token(token: str, secret: bytes) -> tuple[int, int]:
     """(user id, token version) from a token this server signed; InvalidToken otherwise."""
+    user_id, version, expires = _verified(token, secret)
+    # A token's signature and claims never change, its validity does: checked each time.
+    if expires <= time.time():
+        raise InvalidToken("Signature has expired")
+    return user_id, version
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(token: str, secret: bytes) -> tuple[int, int, int]:
+    """(user id, token version, expiry) of a token whose signature and claims were
+    checked, once per token: verifying costs more than the rest of a small request's
+    Python. Refused tokens are not remembered (an exception is never cached)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -55,6 +68,6 @@ def read_token(token: str, secret: bytes) -> tuple[int, int]:
         version = claims.get("ver", 0)
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise InvalidToken(str(exc)) from None
-    if not isinstance(version, int) or user_id < 1:
+    if not isinstance(version, int) or user_id < 1 or not isinstance(claims["exp"], int | float):
         raise InvalidToken("bad claims")
-    return user_id, version
+    return user_id, version, claims["exp"]

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from conftest import assert_error, chatapi_process
 
+from chatapi import create_app
 from chatapi.keys import SECRET
 from chatapi.testing import ChatServer
 
@@ -87,6 +88,20 @@ async def test_bad_token_is_401_on_the_handshake(client, alice, make):
     assert info.value.status == 401
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await client.ws_connect("/chats/ws", headers={"Authorization": f"Bearer {make(client)}"})
+    assert info.value.status == 401
+
+
+async def test_a_token_that_worked_is_refused_once_it_expires(aiohttp_client, config, register):
+    # Verified tokens are remembered (chatapi.security._verified): expiry must not be.
+    client = await aiohttp_client(create_app(config.replace(token_ttl=2)))
+    user = await register(client, "brief")
+    for _ in range(3):
+        assert (await client.get("/users/me", headers=user.headers)).status == 200
+    await asyncio.sleep(3.1)
+    body = await assert_error(await client.get("/users/me", headers=user.headers), 401)
+    assert body["error"] == "invalid or expired token"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/chats/ws", params={"token": user["token"]})
     assert info.value.status == 401
 
 
