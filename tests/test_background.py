@@ -71,6 +71,13 @@ async def test_after_a_fault_while_publishing_messages_keep_reaching_every_socke
     assert seen_by_bob["id"] == frame["id"]
     failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(m.startswith("background task ") and "starting it again" in m for m in failures)
+    # The client that got no acknowledgement for the faulty moment's message resends it
+    # with its nonce and gets the stored message back.
+    await sockets[0].send_json({"chat_id": chat, "text": "lost live", "nonce": "n1"})
+    again = await next_frame(sockets[0], timeout=10)
+    while again.get("nonce") != "n1":
+        again = await next_frame(sockets[0], timeout=10)
+    assert again["type"] == "message" and again["text"] == "lost live"
     # Nothing was lost: the message of the faulty moment is stored, once.
     resp = await client.get("/chats/messages", params={"id": chat}, headers=alice.headers)
     nonces = [m["nonce"] for m in await resp.json()]
