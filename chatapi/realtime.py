@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -172,10 +173,16 @@ async def record_presence(app: web.Application, user_id: int, online: bool) -> N
     """
     task = asyncio.create_task(db.set_online(app[DB], user_id, online))
     _presence_writes.add(task)
-    task.add_done_callback(_presence_writes.discard)
-    try:
+    task.add_done_callback(functools.partial(_presence_done, user_id, online))
+    # Any backend's error: presence must not end the handler (the callback reports it,
+    # also when this handler is gone before the write ends).
+    with contextlib.suppress(Exception):
         await asyncio.shield(task)
-    except Exception:  # noqa: BLE001 (any backend's error: presence must not end the handler)
+
+
+def _presence_done(user_id: int, online: bool, task: asyncio.Task[None]) -> None:
+    _presence_writes.discard(task)
+    if not task.cancelled() and task.exception() is not None:
         # The database may already be closing (shutdown marks everybody offline), or away.
         log.warning("could not record user %d as %s", user_id, "online" if online else "offline")
 

@@ -6,15 +6,19 @@ message reached a socket again. Now the failure is logged and the loop starts ag
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import logging
 
 import asyncpg
 import pytest
 from conftest import connect, create_chat, next_frame
 
-from chatapi import db
+from chatapi import db, realtime
 from chatapi.app import supervised
 from chatapi.hub import Hub
+from chatapi.keys import DB
 from chatapi.postgres import _guarded
 
 
@@ -97,3 +101,27 @@ async def test_a_driver_that_lost_track_of_a_connection_counts_as_postgresql_awa
 
     with pytest.raises(db.Unavailable, match="PostgreSQL is unavailable"):
         await query()
+
+
+async def test_a_presence_write_failing_after_its_socket_is_gone_is_reported_once(
+    monkeypatch, caplog
+):
+    # The write outlives the socket's handler on purpose (a cancelled write would leave
+    # the user online); its failure must still be read and reported, not left to
+    # asyncio's "Task exception was never retrieved".
+    async def away(database, user_id: int, online: bool) -> None:
+        await asyncio.sleep(0.05)
+        raise db.Unavailable("PostgreSQL is unavailable (test)")
+
+    monkeypatch.setattr(db, "set_online", away)
+    handler = asyncio.create_task(realtime.record_presence({DB: None}, 7, False))
+    await asyncio.sleep(0.01)
+    handler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handler
+    await realtime.presence_written()
+    gc.collect()
+    await asyncio.sleep(0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("could not record user 7 as offline") == 1
+    assert not [m for m in messages if "never retrieved" in m]
