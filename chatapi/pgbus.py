@@ -201,6 +201,18 @@ class PostgresBus(Bus):
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, *DOWN):
                     await task
+            await self._finish_spawned()
+
+    async def _finish_spawned(self, timeout: float = 2.0) -> None:
+        """Let the notifications and re-checks in flight end (for at most `timeout`
+        seconds), then cancel the rest: one left pending would be destroyed with the
+        event loop, its database connection never closed."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _read_loop(self) -> None:
         backoff = 0.1

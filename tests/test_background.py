@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 from conftest import connect, create_chat, next_frame
 
-from chatapi import db, realtime
+from chatapi import create_app, db, realtime
 from chatapi.app import supervised
 from chatapi.hub import Hub
-from chatapi.keys import DB
+from chatapi.keys import BUS, DB
 from chatapi.postgres import _guarded
 
 
@@ -125,3 +125,22 @@ async def test_a_presence_write_failing_after_its_socket_is_gone_is_reported_onc
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("could not record user 7 as offline") == 1
     assert not [m for m in messages if "never retrieved" in m]
+
+
+@pytest.mark.postgres_only
+async def test_bus_work_in_flight_ends_before_the_database_closes(aiohttp_client, config):
+    # A notification still pending at shutdown was destroyed with the event loop, and
+    # its connection to PostgreSQL was left open (a ResourceWarning in a later test).
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    app[BUS]._spawn(slow())
+    await started.wait()
+    (task,) = app[BUS]._tasks
+    await client.close()  # the application's cleanup
+    assert task.done()

@@ -18,6 +18,7 @@
     me: null,
     chats: new Map(),        // id -> chat
     users: new Map(),        // id -> {id, username, is_online}
+    learning: null,          // a read of the people list for unknown names, in flight
     current: null,           // open chat id
     shown: new Map(),        // message id -> message, for the open chat (its current state)
     oldest: null,            // smallest id shown (paging cursor)
@@ -713,9 +714,23 @@
     if (seq > (state.cursor.get(chatId) || 0)) state.cursor.set(chatId, seq);
   }
 
+  // A user's name: from the people list, else from a message of theirs on screen; an
+  // unknown one (someone who joined since the list was read) asks for the list again,
+  // and the messages on screen are shown again with the names it brings.
   function nameOf(userId) {
     const user = state.users.get(userId);
-    return user ? user.username : "user " + userId;
+    if (user) return user.username;
+    for (const m of state.shown.values()) if (m.owner_id === userId && m.username) return m.username;
+    learnNames();
+    return "user " + userId;
+  }
+
+  function learnNames() {
+    if (state.learning) return;
+    state.learning = refreshUsers().then(() => {
+      for (const m of state.shown.values()) if (m.reactions) updateMessage(m);
+      setTimeout(() => { state.learning = null; }, 2000);  // at most one list read every 2 s
+    });
   }
 
   function messageNode(m, mine) {
