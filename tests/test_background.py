@@ -40,6 +40,14 @@ async def test_a_failing_loop_is_logged_and_started_again_until_it_returns(caplo
     assert [str(r.exc_info[1]) for r in failures] == ["fault 1", "fault 2"]
 
 
+async def frame_with_nonce(ws, nonce: str) -> dict:
+    """The next frame carrying `nonce`, skipping the others."""
+    frame = await next_frame(ws, timeout=10)
+    while frame.get("nonce") != nonce:
+        frame = await next_frame(ws, timeout=10)
+    return frame
+
+
 async def test_after_a_fault_while_publishing_messages_keep_reaching_every_socket(
     client, register, monkeypatch, caplog
 ):
@@ -69,18 +77,13 @@ async def test_after_a_fault_while_publishing_messages_keep_reaching_every_socke
         if frame.get("nonce") == nonce:
             break
     assert faults and frame["type"] == "message" and frame["text"] == "after the fault"
-    seen_by_bob = await next_frame(sockets[1], timeout=10)
-    while seen_by_bob["nonce"] != frame["nonce"]:
-        seen_by_bob = await next_frame(sockets[1], timeout=10)
-    assert seen_by_bob["id"] == frame["id"]
+    assert (await frame_with_nonce(sockets[1], frame["nonce"]))["id"] == frame["id"]
     failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(m.startswith("background task ") and "starting it again" in m for m in failures)
     # The client that got no acknowledgement for the faulty moment's message resends it
     # with its nonce and gets the stored message back.
     await sockets[0].send_json({"chat_id": chat, "text": "lost live", "nonce": "n1"})
-    again = await next_frame(sockets[0], timeout=10)
-    while again.get("nonce") != "n1":
-        again = await next_frame(sockets[0], timeout=10)
+    again = await frame_with_nonce(sockets[0], "n1")
     assert again["type"] == "message" and again["text"] == "lost live"
     # Nothing was lost: the message of the faulty moment is stored, once.
     resp = await client.get("/chats/messages", params={"id": chat}, headers=alice.headers)
