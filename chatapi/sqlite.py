@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
@@ -70,7 +71,8 @@ class SQLiteDatabase(Database):
         aiosqlite's thread and back costs 45 µs of CPU and two thread switches
         (BENCHMARKS.md). The loop's connection is read-only and never waits for a lock:
         when SQLite answers busy, or off the thread that opened it, the read takes the
-        reader thread like any other.
+        reader thread like any other. Each read runs to its end, so it holds no snapshot
+        and sees every commit made before it, by any connection or process.
         """
         if self.local is not None and threading.get_ident() == self._local_thread:
             try:
@@ -94,11 +96,14 @@ class SQLiteDatabase(Database):
         return await _drive(batch(*args), self.writer.execute_fetchall)
 
     async def close(self) -> None:
-        if self.local is not None:
-            self.local.close()
-        if self.reader is not self.writer:
-            await self.reader.close()
-        await self.writer.close()
+        local, self.local = self.local, None
+        try:
+            if local is not None:
+                local.close()
+        finally:
+            if self.reader is not self.writer:
+                await self.reader.close()
+            await self.writer.close()
 
     async def ping(self) -> None:
         await self.read("SELECT 1")
@@ -879,9 +884,8 @@ async def _connect(path: str) -> aiosqlite.Connection:
 def _connect_local(path: str) -> sqlite3.Connection:
     """The read-only connection of `read_now`, for the thread that opens it: no busy
     wait (timeout 0), no transaction left open (autocommit)."""
-    conn = sqlite3.connect(
-        f"file:{quote(path)}?mode=ro", uri=True, timeout=0, isolation_level=None
-    )
+    uri = "file://" + quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -915,7 +919,7 @@ async def open_database(path: str) -> SQLiteDatabase:
         raise
     try:
         return SQLiteDatabase(writer, reader, _connect_local(path))
-    except sqlite3.Error:
+    except BaseException:
         await reader.close()
         await writer.close()
         raise
