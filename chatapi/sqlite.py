@@ -893,6 +893,7 @@ def _connect_local(path: str) -> sqlite3.Connection:
 async def open_database(path: str) -> SQLiteDatabase:
     """Open (creating if needed) the database file and apply schema.sql."""
     writer = await _connect(path)
+    reader = None
     try:
         await writer.execute("PRAGMA journal_mode = WAL")
         async with writer.execute("PRAGMA user_version") as cursor:
@@ -914,13 +915,10 @@ async def open_database(path: str) -> SQLiteDatabase:
         if path == ":memory:":
             return SQLiteDatabase(writer, writer)
         reader = await _connect(path)
-    except BaseException:
-        await writer.close()
-        raise
-    try:
         return SQLiteDatabase(writer, reader, _connect_local(path))
     except BaseException:
-        await reader.close()
+        if reader is not None:
+            await reader.close()
         await writer.close()
         raise
 

@@ -88,9 +88,6 @@ class BusyConnection:
         error.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
         raise error
 
-    def close(self) -> None:
-        pass
-
 
 async def test_a_busy_database_is_read_through_the_reader_thread(backend, client, register):
     alice = await register(client, "alice")
