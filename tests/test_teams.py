@@ -407,8 +407,11 @@ async def test_removal_reaches_a_socket_on_another_process_within_a_second(
 ):
     other = await two_clients(aiohttp_client, config, client)
     alice, bob = await register(client, "alice"), await register(client, "bob")
-    chat = await private_chat(client, alice, [bob["id"]])
+    # Connected first: the chat's announcement, which crosses processes, comes before the rest.
     ws_bob = await connect(other, bob)
+    chat = await private_chat(client, alice, [bob["id"]])
+    frame = await next_frame(ws_bob)
+    assert (frame["type"], frame["chat"]["id"]) == ("chat_created", chat)
     await ws_bob.send_json({"type": "join", "chat_id": chat})
     assert (await next_frame(ws_bob))["type"] == "joined"
 
